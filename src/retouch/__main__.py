@@ -1,0 +1,3 @@
+from retouch.cli import main
+
+main()

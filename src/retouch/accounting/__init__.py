@@ -1,0 +1,1 @@
+"""API keys, usage ledger, rate limits and quotas."""

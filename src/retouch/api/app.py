@@ -1,0 +1,310 @@
+"""The ASGI application: routes, lifespan (engines, workers, storage, accounts) and handlers.
+
+Routes are thin: they read the body with caps, hand an ``EditForm`` to ``EditService`` and
+choose JSON or SSE. Everything the service needs is built once, in ``lifespan``, and kept in
+``app.state.services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
+from retouch.api import errors as handlers
+from retouch.api.forms import RequestTimeout, read_json, read_multipart
+from retouch.api.middleware import RequestContext
+from retouch.config import Settings
+from retouch.engine.registry import build_engine
+from retouch.engine.types import Engine
+from retouch.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    QueueFull,
+    RetouchError,
+    retry_after_headers,
+)
+from retouch.scheduler import EngineWorker
+from retouch.service.edits import EditService, PreparedEdit
+from retouch.service.form import EditForm
+from retouch.service.models import ModelRoutes
+from retouch.service.tokens import load_tokenizer
+from retouch.storage.local import LocalBlobStore
+from retouch.storage.signing import UrlSigner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+GateFactory = Callable[[Settings], Awaitable[Gate]]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    routes: ModelRoutes
+    workers: dict[str, EngineWorker]
+    edits: EditService
+    gate: Gate
+    store: LocalBlobStore
+    signer: UrlSigner
+
+
+async def open_gate(settings: Settings) -> Gate:
+    """The default gate: open. Replaced by the database gate when accounts are configured."""
+    return OpenGate()
+
+
+def build_app(
+    settings: Settings,
+    *,
+    engines: dict[str, Engine] | None = None,
+    gate_factory: GateFactory = open_gate,
+) -> Starlette:
+    """``engines`` overrides engines by model name (tests inject fakes this way)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await _start(settings, engines or {}, gate_factory)
+        app.state.services = services
+        sweeper = asyncio.create_task(_sweep_blobs(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            for worker in services.workers.values():
+                worker.close()
+            services.edits.close()
+            await services.gate.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/images/edits", create_edit, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestContext)],
+        exception_handlers={
+            RetouchError: handlers.on_retouch_error,
+            HTTPException: handlers.on_http_exception,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory: GateFactory) -> Services:
+    routes = ModelRoutes(settings)
+    await asyncio.to_thread(load_tokenizer)
+    workers: dict[str, EngineWorker] = {}
+    for model in settings.models:
+        engine = overrides.get(model.name) or build_engine(model)
+        await asyncio.to_thread(engine.load)
+        workers[model.name] = EngineWorker(
+            engine, workers=model.workers, max_queue=settings.queue.max_queue
+        )
+    gate = await gate_factory(settings)
+    store = LocalBlobStore(settings.data_dir / "blobs")
+    signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
+    edits = EditService(settings, routes, workers, gate, store, signer)
+    return Services(settings, routes, workers, edits, gate, store, signer)
+
+
+async def _sweep_blobs(services: Services) -> None:
+    while True:
+        try:
+            deleted = await asyncio.to_thread(services.store.sweep, int(time.time()))
+            if deleted:
+                log.info("deleted %d expired blobs", deleted)
+        except Exception:
+            log.exception("blob sweep failed")
+        await asyncio.sleep(services.settings.storage.sweep_interval_s)
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def _authenticate(request: Request) -> Principal:
+    return await _services(request).gate.authenticate(request.headers.get("authorization"))
+
+
+# -- POST /v1/images/edits ------------------------------------------------------------------
+
+
+async def create_edit(request: Request) -> Response:
+    services = _services(request)
+    request_id: str = request.state.request_id
+    principal = await _authenticate(request)
+    form = await _read_form(request, services.settings)
+    idem = request.headers.get("idempotency-key")
+    fingerprint = _fingerprint(form) if idem else ""
+    if idem:
+        stored = await services.gate.replay(principal, idem, fingerprint)
+        if stored is not None:
+            return Response(stored.body, status_code=stored.status, media_type=stored.content_type,
+                            headers={"idempotent-replayed": "true"})  # fmt: skip
+    prepared, headers = await services.edits.prepare(form, principal, request_id)
+    request.state.extra_headers = headers
+    if prepared.params.stream:
+        if prepared.worker.saturated:  # refuse with a real 429 before the 200 goes out
+            raise QueueFull(
+                f"The model '{prepared.params.model}' is busy; retry later.",
+                headers=retry_after_headers(prepared.worker.retry_after_s()),
+            )
+        return StreamingResponse(
+            services.edits.stream(prepared),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+    body = await _until_disconnect(request, services.edits.respond(prepared, str(request.base_url)))
+    if idem:
+        await services.gate.remember(
+            principal, idem, fingerprint, StoredResponse(200, body, "application/json")
+        )
+    return Response(body, media_type="application/json", headers=headers)
+
+
+async def _read_form(request: Request, settings: Settings) -> EditForm:
+    limits = settings.limits
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            f"The request body ({int(length):,} bytes) is larger than the "
+            f"{limits.max_body_bytes:,} bytes allowed."
+        )
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    try:
+        async with asyncio.timeout(limits.receipt_timeout_s):
+            if media == "multipart/form-data":
+                form = await read_multipart(request.stream(), content_type, limits)
+            elif media == "application/json":
+                form = await read_json(request.stream(), limits)
+            else:
+                raise InvalidRequest(
+                    "Invalid Content-Type: send multipart/form-data (or application/json with "
+                    "'images' as data URLs).",
+                    code="unsupported_content_type",
+                )
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body was not received within {limits.receipt_timeout_s:.0f} s."
+        ) from None
+    form.idempotency_key = request.headers.get("idempotency-key")
+    return form
+
+
+def _fingerprint(form: EditForm) -> str:
+    digest = hashlib.sha256(orjson.dumps(form.fields, option=orjson.OPT_SORT_KEYS))
+    for upload in [*form.images, *([form.mask] if form.mask else [])]:
+        digest.update(upload.param.encode())
+        digest.update(hashlib.sha256(upload.data).digest())
+    return digest.hexdigest()
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run ``work`` but cancel it if the client disconnects first.
+
+    Starlette does not cancel a handler when its client goes away; without this race an
+    abandoned non-streaming edit would keep a GPU busy until the end. The body has been read,
+    so the next ASGI message can only be ``http.disconnect``.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+# -- models, blobs, health ------------------------------------------------------------------
+
+
+def _model_object(name: str, owner: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+async def list_models(request: Request) -> Response:
+    await _authenticate(request)
+    routes = _services(request).routes
+    data = [_model_object(name, f"retouch:{m.engine}") for name, m in routes.names()]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def get_model(request: Request) -> Response:
+    await _authenticate(request)
+    name = request.path_params["model"]
+    for known, model in _services(request).routes.names():
+        if known == name:
+            return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
+                            media_type="application/json")  # fmt: skip
+    raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
+
+
+async def get_blob(request: Request) -> Response:
+    services = _services(request)
+    key = request.path_params["key"]
+    expires_raw = request.query_params.get("expires", "")
+    signature = request.query_params.get("sig", "")
+    if not expires_raw.isdigit() or not services.signer.verify(key, int(expires_raw), signature):
+        raise PermissionDenied("Invalid or tampered link signature.", code="invalid_signature")
+    if int(expires_raw) < time.time():
+        raise NotFound("This link has expired.", code="expired")
+    blob = await asyncio.to_thread(services.store.get, key)
+    if blob is None:
+        raise NotFound("This image does not exist or has expired.", code="not_found")
+    return Response(
+        blob.data,
+        media_type=blob.content_type,
+        headers={"cache-control": "private, max-age=3600", "content-disposition": "inline"},
+    )
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return Response(b'{"status":"starting"}', status_code=503, media_type="application/json")
+    saturated = [name for name, w in services.workers.items() if w.saturated]
+    models = {
+        name: {"running": w.running, "waiting": max(0, w.admitted - w.running), "capacity": w.capacity}
+        for name, w in services.workers.items()
+    }
+    status = 503 if saturated else 200
+    body = {"status": "saturated" if saturated else "ready", "models": models}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+__all__ = ["PreparedEdit", "Services", "build_app"]

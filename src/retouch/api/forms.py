@@ -1,0 +1,301 @@
+"""Reading the request body into an ``EditForm``, with every cap enforced while it streams in.
+
+multipart/form-data goes through python-multipart's push parser (Starlette's ``request.form()``
+caps neither file parts nor the total). Image spellings ``image``, repeated ``image``,
+``image[]``, ``image[N]``, ``image.N`` and ``image.N.items`` all become one ordered list: wire
+order, except that indexed spellings are sorted by N. Mixing indexed with unindexed spellings
+is a 400, since the intended order would be a guess. ``mask`` and ``mask[]`` name the mask.
+
+``application/json`` bodies (OpenAI's JSON edit variant) carry ``images: [{image_url}]`` with
+``data:`` URLs; ``file_id`` and remote URLs get a clear 400.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+import pybase64
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from retouch.config import Limits
+from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge
+from retouch.service.form import EditForm, Upload
+
+_IMAGE = re.compile(r"^image(?:\[\]|\[(\d{1,3})\]|\.(\d{1,3})(?:\.items)?)?$")
+_MASK = {"mask", "mask[]"}
+
+
+class RequestTimeout(InvalidRequest):
+    status = 408
+    code = "request_timeout"
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    content_type: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+
+
+class _FormBuilder:
+    """Collects parts; enforces per-part, count and total caps as bytes arrive."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.form = EditForm()
+        self.part = _Part()
+        self.files = 0
+        self.indexed: list[tuple[int, Upload]] = []
+        self.error: Exception | None = None
+
+    # python-multipart callbacks -----------------------------------------------------------
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.part.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        name = bytes(self.part.header_field).lower()
+        value = bytes(self.part.header_value)
+        if name == b"content-disposition":
+            _, options = parse_options_header(value)
+            self.part.name = options.get(b"name", b"").decode("utf-8", "replace")
+            filename = options.get(b"filename")
+            self.part.filename = None if filename is None else filename.decode("utf-8", "replace")
+        elif name == b"content-type":
+            self.part.content_type = value.decode("latin-1").strip()
+        self.part.header_field.clear()
+        self.part.header_value.clear()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.part
+        part.data += data[start:end]
+        if part.filename is None:
+            cap, what = self.limits.max_field_bytes, f"field '{part.name}'"
+        elif part.name in _MASK:
+            cap, what = self.limits.max_mask_bytes, "mask"
+        else:
+            cap, what = self.limits.max_image_bytes, f"file '{part.name}'"
+        if len(part.data) > cap:
+            raise PayloadTooLarge(
+                f"The {what} is larger than the {cap:,} bytes allowed.", param=part.name or None
+            )
+
+    def on_part_end(self) -> None:
+        part = self.part
+        if part.filename is None:
+            self._text(part)
+        else:
+            self._file(part)
+
+    # --------------------------------------------------------------------------------------
+    def _text(self, part: _Part) -> None:
+        if _IMAGE.match(part.name) or part.name in _MASK:
+            raise InvalidValue(
+                f"Invalid type for '{part.name}': expected a file, but got a string instead.",
+                param=part.name,
+                code="invalid_type",
+            )
+        if len(self.form.fields) >= self.limits.max_fields:
+            raise InvalidRequest(f"Too many form fields (at most {self.limits.max_fields}).")
+        try:
+            value = part.data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidValue(
+                f"Invalid '{part.name}': not valid UTF-8.", param=part.name
+            ) from None
+        if value == "":
+            return
+        if part.name in self.form.fields:
+            raise InvalidValue(
+                f"Invalid '{part.name}': the parameter was sent more than once.", param=part.name
+            )
+        self.form.fields[part.name] = value
+
+    def _file(self, part: _Part) -> None:
+        if not part.data and not part.filename:
+            return  # a browser form with nothing selected
+        self.files += 1
+        if self.files > self.limits.max_images + 1:
+            raise InvalidValue(
+                f"Too many files: at most {self.limits.max_images} images and one mask.",
+                param="image",
+                code="too_many_images",
+            )
+        if part.name in _MASK:
+            if self.form.mask is not None:
+                raise InvalidValue("Only one mask file may be sent.", param="mask")
+            self.form.mask = Upload("mask", part.filename or "", part.content_type, bytes(part.data))
+            return
+        match = _IMAGE.match(part.name)
+        if not match:
+            raise InvalidValue(
+                f"Invalid type for '{part.name}': expected a string, but got a file instead.",
+                param=part.name,
+                code="invalid_type",
+            )
+        upload = Upload("image", part.filename or "", part.content_type, bytes(part.data))
+        index = match[1] or match[2]
+        if index is not None:
+            self.indexed.append((int(index), upload))
+        else:
+            self.form.images.append(upload)
+
+    def finish(self) -> EditForm:
+        images = self.form.images
+        if self.indexed and images:
+            raise InvalidValue(
+                "Invalid 'image': indexed spellings (image[0], image.0) and unindexed ones "
+                "(image, image[]) cannot be mixed in one request.",
+                param="image",
+            )
+        if self.indexed:
+            images = [u for _, u in sorted(self.indexed, key=lambda t: t[0])]
+        self.form.images = _name_images(images)
+        return self.form
+
+
+def _name_images(images: list[Upload]) -> list[Upload]:
+    """OpenAI names a lone file ``image`` and array elements ``image[i]``."""
+    if len(images) == 1:
+        return images
+    return [Upload(f"image[{i}]", u.filename, u.content_type, u.data) for i, u in enumerate(images)]
+
+
+async def read_multipart(
+    chunks: AsyncIterator[bytes], content_type: str, limits: Limits
+) -> EditForm:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("multipart/form-data without a boundary.")
+    builder = _FormBuilder(limits)
+    callbacks = {
+        name: getattr(builder, name)
+        for name in (
+            "on_part_begin", "on_part_data", "on_part_end", "on_header_field",
+            "on_header_value", "on_header_end",
+        )
+    }  # fmt: skip
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    except Exception:
+        raise InvalidRequest("Invalid multipart boundary.") from None
+    total = 0
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
+            )
+        try:
+            parser.write(chunk)
+        except (InvalidRequest, PayloadTooLarge):
+            raise
+        except Exception:
+            raise InvalidRequest("The multipart body is malformed.") from None
+    try:
+        parser.finalize()
+    except Exception:
+        raise InvalidRequest("The multipart body is malformed or truncated.") from None
+    return builder.finish()
+
+
+async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
+            )
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The JSON body must be an object.")
+    form = EditForm()
+    images = doc.pop("images", None)
+    if "image" in doc:
+        raise InvalidValue(
+            "Unknown parameter: 'image'. JSON bodies use 'images': [{\"image_url\": ...}].",
+            param="image",
+            code="unknown_parameter",
+        )
+    if images is not None:
+        if not isinstance(images, list) or not images:
+            raise InvalidValue("Invalid 'images': expected a non-empty array.", param="images")
+        if len(images) > limits.max_images:
+            raise InvalidValue(
+                f"Invalid 'images': at most {limits.max_images} images.",
+                param="images",
+                code="too_many_images",
+            )
+        form.images = [
+            _image_ref(ref, f"images[{i}]", limits.max_image_bytes) for i, ref in enumerate(images)
+        ]
+    mask = doc.pop("mask", None)
+    if mask is not None:
+        form.mask = _image_ref(mask, "mask", limits.max_mask_bytes)
+    for key, value in doc.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            form.fields[key] = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            if isinstance(value, str) and value == "":
+                continue
+            form.fields[key] = str(value)
+        else:
+            raise InvalidValue(
+                f"Invalid type for '{key}': expected a string, number or boolean.",
+                param=key,
+                code="invalid_type",
+            )
+    return form
+
+
+def _image_ref(ref: object, param: str, cap: int) -> Upload:
+    if not isinstance(ref, dict):
+        raise InvalidValue(f"Invalid '{param}': expected an object.", param=param)
+    if "file_id" in ref:
+        raise InvalidValue(
+            f"Invalid '{param}': file_id references are not supported: retouch has no Files "
+            "API. Send the image inline as a data URL in 'image_url'.",
+            param=param,
+            code="unsupported_file_id",
+        )
+    url = ref.get("image_url")
+    if set(ref) != {"image_url"} or not isinstance(url, str):
+        raise InvalidValue(
+            f"Invalid '{param}': expected exactly one of 'image_url' or 'file_id'.", param=param
+        )
+    if not url.startswith("data:"):
+        raise InvalidValue(
+            f"Invalid '{param}.image_url': only data: URLs (base64) are accepted; retouch does "
+            "not fetch remote URLs.",
+            param=param,
+            code="unsupported_image_url",
+        )
+    header, _, payload = url.partition(",")
+    if ";base64" not in header:
+        raise InvalidValue(f"Invalid '{param}.image_url': expected a base64 data URL.", param)
+    if len(payload) * 3 // 4 > cap:
+        raise PayloadTooLarge(f"The image '{param}' is larger than the {cap:,} bytes allowed.")
+    try:
+        data = pybase64.b64decode(payload, validate=True)
+    except ValueError:
+        raise InvalidValue(f"Invalid '{param}.image_url': bad base64 data.", param=param) from None
+    content_type = header[5:].split(";", 1)[0] or None
+    return Upload(param, "", content_type, data)

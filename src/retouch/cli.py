@@ -1,0 +1,96 @@
+"""Command line: ``retouch serve`` and friends. Builds ``Settings``; may import anything."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from retouch import __version__
+from retouch.config import ModelSettings, Settings, load_settings
+
+
+def parse_model_flag(value: str) -> ModelSettings:
+    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``."""
+    name, sep, rest = value.partition("=")
+    engine, _, weights = rest.partition(":")
+    if not sep or not name or not engine:
+        raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
+    try:
+        return ModelSettings(name=name, engine=engine, weights=weights or None)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def build_settings(config: Path | None, models: tuple[str, ...], **flags: Any) -> Settings:
+    overrides = dict(flags)
+    if models:
+        overrides["models"] = [parse_model_flag(m) for m in models]
+    try:
+        return load_settings(config, **overrides)
+    except Exception as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="retouch")
+def main() -> None:
+    """retouch: a self-hosted server for OpenAI's image edit API."""
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port to listen on [8000].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data folder.")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML config file.")
+@click.option("--model", "models", multiple=True, help="NAME=ENGINE[:WEIGHTS]; repeatable.")
+@click.option("--database-url", default=None, help="Accounts database URL.")
+@click.option("--insecure", is_flag=True, default=None, help="Serve without keys off loopback.")
+def serve(
+    host: str | None,
+    port: int | None,
+    data_dir: Path | None,
+    config: Path | None,
+    models: tuple[str, ...],
+    database_url: str | None,
+    insecure: bool | None,
+) -> None:
+    """Start the HTTP server."""
+    import uvicorn
+
+    from retouch.api.app import build_app
+
+    settings = build_settings(
+        config, models, host=host, port=port, data_dir=data_dir,
+        database_url=database_url, insecure=insecure,
+    )  # fmt: skip
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = build_app(settings)
+    served = ", ".join(
+        f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
+    )
+    default = settings.default_model or settings.models[0].name
+    click.echo(
+        f"retouch {__version__} listening on http://{settings.host}:{settings.port} - "
+        f"models: {served}; OpenAI model names go to {default}",
+        err=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+@main.command("settings-doc")
+def settings_doc() -> None:
+    """Print the settings reference (docs/settings.md)."""
+    from retouch.settings_doc import render
+
+    sys.stdout.write(render())
+
+
+if __name__ == "__main__":
+    main()

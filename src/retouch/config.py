@@ -1,0 +1,226 @@
+"""Settings: one validated object, built from defaults < TOML file < ``RETOUCH_*`` env < CLI flags.
+
+Every field has a default and a description; ``docs/settings.md`` is generated from this module
+(``python -m retouch settings-doc``) and a test fails when it is out of date. Nested groups use
+``__`` in environment variables, e.g. ``RETOUCH_LIMITS__MAX_BODY_BYTES=50000000``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ApiFamily = Literal["dall-e-2", "gpt-image", "gpt-image-2", "native"]
+EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint"]
+
+OPENAI_IMAGE_MODELS: dict[str, ApiFamily] = {
+    "dall-e-2": "dall-e-2",
+    "gpt-image-1": "gpt-image",
+    "gpt-image-1-mini": "gpt-image",
+    "gpt-image-1.5": "gpt-image",
+    "chatgpt-image-latest": "gpt-image",
+    "gpt-image-2": "gpt-image-2",
+    "gpt-image-2-2026-04-21": "gpt-image-2",
+}
+"""OpenAI's edit model names and the validation rules (family) each follows."""
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Group):
+    max_body_bytes: int = Field(
+        96 * 1024 * 1024, gt=0, description="Largest request body in bytes; larger ones get 413."
+    )
+    max_image_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="Largest single input image file in bytes."
+    )
+    max_mask_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest mask file in bytes.")
+    max_images: int = Field(16, ge=1, le=64, description="Most input images in one request.")
+    max_fields: int = Field(32, ge=1, description="Most non-file form fields in one request.")
+    max_field_bytes: int = Field(
+        128 * 1024, gt=0, description="Largest non-file form field (a 32000-char prompt in UTF-8)."
+    )
+    max_image_pixels: int = Field(
+        16_777_216, gt=0, description="Most pixels in one input image, read from its header."
+    )
+    max_request_pixels: int = Field(
+        67_108_864, gt=0, description="Most pixels summed over all inputs of one request."
+    )
+    max_output_pixels: int = Field(
+        8_294_400, gt=0, description="Most pixels in one output image (3840x2160)."
+    )
+    receipt_timeout_s: float = Field(
+        60.0, gt=0, description="Deadline for receiving the whole request body (slow clients)."
+    )
+
+
+class QueueSettings(_Group):
+    max_queue: int = Field(
+        16, ge=0, description="Requests that may wait per model beyond those running; then 429."
+    )
+    deadline_s: float = Field(
+        120.0, gt=0, description="How long a request may wait in the queue before a 504."
+    )
+    keepalive_s: float = Field(
+        10.0, gt=0, description="Interval of ': ping' comments on idle SSE streams."
+    )
+    imaging_threads: int = Field(
+        0, ge=0, description="Threads for decode/encode; 0 = number of CPUs."
+    )
+
+
+class StorageSettings(_Group):
+    url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs in seconds.")
+    signing_keys: list[str] = Field(
+        default_factory=list,
+        description="HMAC keys for URL signatures, newest first (rotation); "
+        "empty = a random key kept in DATA_DIR/signing.key.",
+    )
+    sweep_interval_s: float = Field(
+        60.0, gt=0, description="How often expired blobs are deleted."
+    )
+    allow_url_for_gpt_models: bool = Field(
+        False,
+        description="Accept response_format=url for GPT-image model families too "
+        "(OpenAI accepts it only for dall-e-2).",
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="Absolute base URL for image links (e.g. https://img.example.com); "
+        "default: the URL the request came in on.",
+    )
+
+
+class ModelSettings(_Group):
+    """One served model: an engine, its weights, and the request names it answers to."""
+
+    name: str = Field(description="The model name clients send.")
+    engine: EngineKind = Field(description="Engine family that runs it.")
+    family: ApiFamily = Field(
+        "native", description="Validation rules for requests to this name (OpenAI family)."
+    )
+    weights: str | None = Field(
+        None, description="Hub id or local folder of the weights (generative engines)."
+    )
+    device: str = Field("auto", description="torch device: auto, cpu, cuda, cuda:1, mps.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="torch dtype of the weights."
+    )
+    cpu_offload: bool = Field(False, description="diffusers model CPU offload (less VRAM).")
+    aliases: list[str] = Field(
+        default_factory=list, description="More request names for this model."
+    )
+    workers: int = Field(1, ge=1, description="Jobs this model runs at once.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Engine-specific options (steps, compile, ...)."
+    )
+
+
+def default_models() -> list[ModelSettings]:
+    return [ModelSettings(name="classic", engine="classic", family="native")]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RETOUCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    data_dir: Path = Field(
+        Path("./retouch-data"), description="Folder for the database, blobs and keys."
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the accounts database; default SQLite in DATA_DIR.",
+    )
+    insecure: bool = Field(
+        False, description="Allow serving without API keys on a non-loopback address."
+    )
+    default_model: str | None = Field(
+        None,
+        description="Model that OpenAI's names (gpt-image-1, dall-e-2, ...) and requests "
+        "without a model go to; default: the first configured model.",
+    )
+    models: list[ModelSettings] = Field(
+        default_factory=default_models, description="Served models (see ModelSettings)."
+    )
+    limits: Limits = Field(default_factory=Limits, description="Request and image limits.")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="Admission.")
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="Blob storage and signed URLs."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if _TOML_PATH is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=_TOML_PATH))
+        return tuple(sources)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelSettings]) -> list[ModelSettings]:
+        if not models:
+            raise ValueError("at least one model must be configured")
+        seen: set[str] = set()
+        for m in models:
+            for name in (m.name, *m.aliases):
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is configured twice")
+                seen.add(name)
+        return models
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> Settings:
+        if self.default_model is not None and self.default_model not in {
+            m.name for m in self.models
+        }:
+            raise ValueError(f"default_model {self.default_model!r} is not a configured model")
+        return self
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+_TOML_PATH: Path | None = None
+
+
+def load_settings(toml_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional TOML file, the environment and overrides
+    (CLI flags; ``None`` values are ignored)."""
+    global _TOML_PATH
+    if toml_file is not None and not toml_file.is_file():
+        raise FileNotFoundError(f"config file not found: {toml_file}")
+    _TOML_PATH = toml_file
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _TOML_PATH = None

@@ -1,0 +1,117 @@
+"""The engine seam: what an engine receives, what it returns, and how it reports progress.
+
+An engine never sees HTTP, wire models or the database. It gets an ``EditJob`` (decoded pixels and
+resolved, validated parameters), a ``Progress`` to publish partial images through and to observe
+cancellation, and returns an ``EditOutput``.
+
+Pixel conventions (numpy, uint8, row-major):
+* images: ``H x W x 3`` (RGB) or ``H x W x 4`` (RGBA);
+* mask: ``H x W``, the size of the first image; 255 = fully editable (OpenAI alpha 0),
+  0 = keep (OpenAI alpha 255); intermediate values are partial transparency in the upload;
+* output images are exactly ``job.size`` (width, height); RGBA only when the engine produced a
+  real alpha channel (``background`` transparent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Pixels = npt.NDArray[np.uint8]
+Quality = Literal["low", "medium", "high"]
+Fidelity = Literal["low", "high"]
+Background = Literal["transparent", "opaque", "auto"]
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """One validated edit, ready for an engine."""
+
+    prompt: str
+    images: tuple[Pixels, ...]
+    mask: Pixels | None
+    size: tuple[int, int]
+    """Output (width, height), already resolved from ``auto``."""
+    n: int
+    quality: Quality
+    input_fidelity: Fidelity
+    background: Background
+    partial_images: int
+    """How many partial images the client asked for (0-3); the engine may send fewer."""
+    seed: int = 0
+    """Deterministic seed: engines derive per-image seeds as ``seed + index``."""
+
+
+@dataclass
+class EditOutput:
+    images: list[Pixels]
+    """``job.n`` images of exactly ``job.size``."""
+    steps: int = 0
+    """Denoising steps (or work stages) actually run, for logs and metrics."""
+    notes: list[str] = field(default_factory=list)
+    """Human-readable remarks (e.g. "identical copies: the operation is deterministic")."""
+
+
+class Progress(Protocol):
+    """Handed to ``Engine.run``; safe to call from the engine's worker thread."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the client went away or the deadline passed."""
+        ...
+
+    def check(self) -> None:
+        """Raise ``retouch.errors.Cancelled`` if the job was cancelled; call between steps."""
+        ...
+
+    def partial(self, image: Pixels, *, output_index: int = 0) -> None:
+        """Publish a real intermediate image of output ``output_index`` (any size; it is
+        resized to ``job.size`` when encoded). Extra partials beyond what the client asked for
+        are dropped, so engines may call this freely."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine declares about itself, for ``/v1/models``, validation and docs."""
+
+    name: str
+    description: str
+    max_images: int = 16
+    """How many input images the engine takes at most (a 400 names the limit beyond it)."""
+    supports_mask: bool = True
+    supports_transparency: bool = True
+    generative: bool = False
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A loaded model (or the built-in classic engine) that runs one edit at a time per worker."""
+
+    info: EngineInfo
+
+    def load(self) -> None:
+        """Load weights or warm up; called once at start-up, off the event loop. Raise
+        ``EngineLoadError`` with a message that says how to fix it."""
+        ...
+
+    def check(self, job: EditJob) -> None:
+        """Cheap pre-flight check before the job is queued (for example: can this engine carry
+        out the prompt?). Raises a ``RetouchError`` (400) to refuse."""
+        ...
+
+    def run(self, job: EditJob, progress: Progress) -> EditOutput:
+        """Run the edit. Blocking; runs in the engine's worker thread, never on the event loop."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (GPU memory, pools)."""
+        ...
+
+
+class EngineLoadError(RuntimeError):
+    """A configured engine could not load; the message names the model, where it looked and
+    the command that fixes it. Raised at start-up, never on a request."""

@@ -1,0 +1,30 @@
+"""The request as it arrived, before validation: text fields and uploaded files.
+
+Both the multipart reader and the JSON-body reader produce an ``EditForm``; ``params.py`` turns it
+into validated ``EditParams`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file (or decoded data URL)."""
+
+    param: str
+    """How errors name it: ``image``, ``image[2]`` or ``mask``."""
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class EditForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    """Text fields, empty values already dropped."""
+    images: list[Upload] = field(default_factory=list)
+    """Input images in request order, whatever spelling they came in."""
+    mask: Upload | None = None
+    idempotency_key: str | None = None
