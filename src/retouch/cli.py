@@ -20,7 +20,7 @@ def parse_model_flag(value: str) -> ModelSettings:
     if not sep or not name or not engine:
         raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
     try:
-        return ModelSettings(name=name, engine=engine, weights=weights or None)  # type: ignore[arg-type]
+        return ModelSettings(name=name, engine=engine, weights=weights or None)
     except Exception as exc:
         raise click.BadParameter(str(exc)) from None
 

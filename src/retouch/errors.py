@@ -50,15 +50,12 @@ class RetouchError(Exception):
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
 
+    def error_object(self) -> dict[str, str | None]:
+        """OpenAI's ``ErrorObject``: all four keys, ``code`` a string or null."""
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
     def body(self) -> dict[str, object]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        return {"error": self.error_object()}
 
 
 class InvalidRequest(RetouchError):

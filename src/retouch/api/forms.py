@@ -290,7 +290,9 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
         )
     header, _, payload = url.partition(",")
     if ";base64" not in header:
-        raise InvalidValue(f"Invalid '{param}.image_url': expected a base64 data URL.", param)
+        raise InvalidValue(
+            f"Invalid '{param}.image_url': expected a base64 data URL.", param=param
+        )
     if len(payload) * 3 // 4 > cap:
         raise PayloadTooLarge(f"The image '{param}' is larger than the {cap:,} bytes allowed.")
     try:

@@ -331,7 +331,7 @@ class EditService:
             status = 200
         except RetouchError as exc:
             status = exc.status
-            yield error_event(exc.body()["error"])
+            yield error_event(exc.error_object())
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -134,8 +134,8 @@ def _size(raw: str | None, family: ApiFamily, limits: Limits) -> tuple[int, int]
     names = tuple(f"{w}x{h}" for w, h in allowed)
     if family in ("dall-e-2", "gpt-image"):
         _enum({"size": raw}, "size", names + (("auto",) if family == "gpt-image" else ()), "")
-        w, h = raw.split("x")
-        return int(w), int(h)
+        width, height = raw.split("x")
+        return int(width), int(height)
     match = _SIZE.match(raw)
     if not match:
         raise InvalidValue(
@@ -154,7 +154,9 @@ def _size(raw: str | None, family: ApiFamily, limits: Limits) -> tuple[int, int]
                 f"and edges of at most {GPT2_MAX_EDGE}"
             )
         if problems:
-            raise InvalidValue(f"Invalid value: '{raw}': " + "; ".join(problems) + ".", "size")
+            raise InvalidValue(
+                f"Invalid value: '{raw}': " + "; ".join(problems) + ".", param="size"
+            )
     elif w * h > limits.max_output_pixels or max(w, h) > 16384:
         raise InvalidValue(
             f"Invalid value: '{raw}': at most {limits.max_output_pixels:,} output pixels.",
@@ -245,7 +247,7 @@ def to_edit_params(
         raise InvalidValue(
             "Invalid 'partial_images': it needs stream=true.", param="partial_images"
         )
-    response_format: str = "b64_json"
+    response_format = "b64_json"
     if "response_format" in fields:  # check_fields let it through: the operator allows URLs
         response_format = _enum(fields, "response_format", ("url", "b64_json"), "b64_json")
     if stream and response_format == "url":
