@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -20,6 +22,8 @@ def _default(field: FieldInfo) -> str:
         value = field.default
     if value is PydanticUndefined:
         return "required"
+    if isinstance(value, Path):
+        return f"`{value}`"
     return f"`{value!r}`" if value not in (None, [], {}) else "none"
 
 

@@ -28,6 +28,7 @@ from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
 from retouch.api import errors as handlers
 from retouch.api.forms import RequestTimeout, read_json, read_multipart
 from retouch.api.middleware import RequestContext
+from retouch.api.responses import PiecesResponse
 from retouch.config import Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
@@ -174,12 +175,11 @@ async def create_edit(request: Request) -> Response:
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
         )
-    body = await _until_disconnect(request, services.edits.respond(prepared, str(request.base_url)))
+    pieces = await _until_disconnect(request, services.edits.respond(prepared, str(request.base_url)))
     if idem:
-        await services.gate.remember(
-            principal, idem, fingerprint, StoredResponse(200, body, "application/json")
-        )
-    return Response(body, media_type="application/json", headers=headers)
+        stored = StoredResponse(200, b"".join(pieces), "application/json")
+        await services.gate.remember(principal, idem, fingerprint, stored)
+    return PiecesResponse(pieces, headers=headers)
 
 
 async def _read_form(request: Request, settings: Settings) -> EditForm:

@@ -38,7 +38,8 @@ class _Part:
     name: str = ""
     filename: str | None = None
     content_type: str | None = None
-    data: bytearray = field(default_factory=bytearray)
+    chunks: list[memoryview] = field(default_factory=list)
+    size: int = 0
     header_field: bytearray = field(default_factory=bytearray)
     header_value: bytearray = field(default_factory=bytearray)
 
@@ -79,27 +80,30 @@ class _FormBuilder:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         part = self.part
-        part.data += data[start:end]
+        part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
+        part.size += end - start
         if part.filename is None:
             cap, what = self.limits.max_field_bytes, f"field '{part.name}'"
         elif part.name in _MASK:
             cap, what = self.limits.max_mask_bytes, "mask"
         else:
             cap, what = self.limits.max_image_bytes, f"file '{part.name}'"
-        if len(part.data) > cap:
+        if part.size > cap:
             raise PayloadTooLarge(
                 f"The {what} is larger than the {cap:,} bytes allowed.", param=part.name or None
             )
 
     def on_part_end(self) -> None:
         part = self.part
+        data = b"".join(part.chunks)
+        part.chunks.clear()
         if part.filename is None:
-            self._text(part)
+            self._text(part, data)
         else:
-            self._file(part)
+            self._file(part, data)
 
     # --------------------------------------------------------------------------------------
-    def _text(self, part: _Part) -> None:
+    def _text(self, part: _Part, data: bytes) -> None:
         if _IMAGE.match(part.name) or part.name in _MASK:
             raise InvalidValue(
                 f"Invalid type for '{part.name}': expected a file, but got a string instead.",
@@ -109,7 +113,7 @@ class _FormBuilder:
         if len(self.form.fields) >= self.limits.max_fields:
             raise InvalidRequest(f"Too many form fields (at most {self.limits.max_fields}).")
         try:
-            value = part.data.decode("utf-8")
+            value = data.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidValue(
                 f"Invalid '{part.name}': not valid UTF-8.", param=part.name
@@ -122,8 +126,8 @@ class _FormBuilder:
             )
         self.form.fields[part.name] = value
 
-    def _file(self, part: _Part) -> None:
-        if not part.data and not part.filename:
+    def _file(self, part: _Part, data: bytes) -> None:
+        if not data and not part.filename:
             return  # a browser form with nothing selected
         self.files += 1
         if self.files > self.limits.max_images + 1:
@@ -135,7 +139,7 @@ class _FormBuilder:
         if part.name in _MASK:
             if self.form.mask is not None:
                 raise InvalidValue("Only one mask file may be sent.", param="mask")
-            self.form.mask = Upload("mask", part.filename or "", part.content_type, bytes(part.data))
+            self.form.mask = Upload("mask", part.filename or "", part.content_type, data)
             return
         match = _IMAGE.match(part.name)
         if not match:
@@ -144,7 +148,7 @@ class _FormBuilder:
                 param=part.name,
                 code="invalid_type",
             )
-        upload = Upload("image", part.filename or "", part.content_type, bytes(part.data))
+        upload = Upload("image", part.filename or "", part.content_type, data)
         index = match[1] or match[2]
         if index is not None:
             self.indexed.append((int(index), upload))

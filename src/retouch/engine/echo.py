@@ -52,7 +52,7 @@ class EchoEngine:
             if self.fail and step == self.steps:
                 raise EngineCrashed("simulated engine failure")
             if step in emit_after:
-                progress.partial(_coarse(source, 2 ** (self.steps - step + 1)))
+                progress.partial(_coarse(source, 2 ** min(5, self.steps - step + 1)))
         return EditOutput(images=[source] * job.n, steps=self.steps)
 
     def close(self) -> None:

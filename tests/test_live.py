@@ -1,0 +1,135 @@
+"""Behaviour that needs a real socket: streaming order and timing, disconnects, admission."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+
+from retouch.config import Settings
+from retouch.engine.echo import EchoEngine
+from tests.conftest import echo_models, encode_image, gradient
+from tests.live import LiveServer
+
+pytestmark = pytest.mark.live
+
+SRC = encode_image(gradient((64, 64)))
+
+
+def _client(server: LiveServer) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", base_url=f"{server.url}/v1", max_retries=0)
+
+
+def test_stream_partials_arrive_before_completion(make_settings: Callable[..., Settings]) -> None:
+    engine = EchoEngine("echo", {"delay_s": 0.8, "steps": 4})
+    with LiveServer(make_settings(models=echo_models()), engines={"echo": engine}) as server:
+        stream = _client(server).images.edit(
+            model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True,
+            partial_images=3,
+        )  # fmt: skip
+        seen: list[tuple[str, float]] = []
+        start = time.monotonic()
+        for event in stream:
+            seen.append((event.type, time.monotonic() - start))
+    types = [t for t, _ in seen]
+    assert types == ["image_edit.partial_image"] * 3 + ["image_edit.completed"]
+    # The first partial left the server while the engine was still working on later steps.
+    assert seen[0][1] < seen[-1][1] - 0.15
+
+
+def test_disconnect_cancels_the_engine(make_settings: Callable[..., Settings]) -> None:
+    engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
+    with LiveServer(make_settings(models=echo_models()), engines={"echo": engine}) as server:
+        with httpx.Client(timeout=10) as http, http.stream(
+            "POST", f"{server.url}/v1/images/edits",
+            files={"image": ("a.png", SRC, "image/png")},
+            data={"model": "echo", "prompt": "x", "stream": "true", "partial_images": "3"},
+        ) as response:  # fmt: skip
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    break  # first partial arrived; hang up
+        worker = server.services.workers["echo"]
+        deadline = time.monotonic() + 5
+        while (engine.cancelled_runs == 0 or worker.running) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.cancelled_runs == 1
+        assert worker.running == 0
+        assert worker.admitted == 0
+        records = server.services.gate.records
+        assert [r.status for r in records] == [499]
+
+
+def test_disconnect_cancels_non_streaming_edit(make_settings: Callable[..., Settings]) -> None:
+    engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
+    with LiveServer(make_settings(models=echo_models()), engines={"echo": engine}) as server:
+        with httpx.Client(timeout=0.5) as http, pytest.raises(httpx.ReadTimeout):
+            http.post(
+                f"{server.url}/v1/images/edits",
+                files={"image": ("a.png", SRC, "image/png")},
+                data={"model": "echo", "prompt": "x"},
+            )
+        deadline = time.monotonic() + 5
+        while engine.cancelled_runs == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.cancelled_runs == 1
+
+
+def test_health_answers_while_edits_run_and_queue_full_is_429(
+    make_settings: Callable[..., Settings],
+) -> None:
+    engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
+    settings = make_settings(models=echo_models(), queue={"max_queue": 1})
+    with LiveServer(settings, engines={"echo": engine}) as server:
+        client = _client(server)
+        results: list[object] = []
+
+        def edit() -> None:
+            try:
+                results.append(client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x"))
+            except openai.APIError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=edit) for _ in range(2)]
+        for t in threads:
+            t.start()
+        while server.services.workers["echo"].admitted < 2:
+            time.sleep(0.01)
+        with httpx.Client() as http:
+            t0 = time.monotonic()
+            assert http.get(f"{server.url}/healthz").status_code == 200
+            health_s = time.monotonic() - t0
+            ready = http.get(f"{server.url}/readyz")
+        with pytest.raises(openai.RateLimitError) as info:
+            client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
+        for t in threads:
+            t.join()
+    assert ready.status_code == 503
+    assert health_s < 1.0  # the event loop is free while the engine works
+    assert info.value.code == "queue_full"
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    assert all(not isinstance(r, Exception) for r in results)
+
+
+def test_queue_deadline_is_504_without_touching_the_engine(
+    make_settings: Callable[..., Settings],
+) -> None:
+    engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
+    settings = make_settings(models=echo_models(), queue={"max_queue": 4, "deadline_s": 0.3})
+    with LiveServer(settings, engines={"echo": engine}) as server:
+        client = _client(server)
+        first = threading.Thread(
+            target=lambda: client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
+        )
+        first.start()
+        while server.services.workers["echo"].running < 1:
+            time.sleep(0.01)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
+        first.join()
+    assert info.value.status_code == 504
+    assert engine.runs == 1
