@@ -27,14 +27,15 @@ def _client(server: LiveServer) -> openai.OpenAI:
 def test_stream_partials_arrive_before_completion(make_settings: Callable[..., Settings]) -> None:
     engine = EchoEngine("echo", {"delay_s": 0.8, "steps": 4})
     with LiveServer(make_settings(models=echo_models()), engines={"echo": engine}) as server:
-        stream = _client(server).images.edit(
-            model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True,
-            partial_images=3,
-        )  # fmt: skip
         seen: list[tuple[str, float]] = []
-        start = time.monotonic()
-        for event in stream:
-            seen.append((event.type, time.monotonic() - start))
+        with _client(server) as client:
+            stream = client.images.edit(
+                model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True,
+                partial_images=3,
+            )  # fmt: skip
+            start = time.monotonic()
+            for event in stream:
+                seen.append((event.type, time.monotonic() - start))
     types = [t for t, _ in seen]
     assert types == ["image_edit.partial_image"] * 3 + ["image_edit.completed"]
     # The first partial left the server while the engine was still working on later steps.
@@ -84,8 +85,7 @@ def test_health_answers_while_edits_run_and_queue_full_is_429(
 ) -> None:
     engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
     settings = make_settings(models=echo_models(), queue={"max_queue": 1})
-    with LiveServer(settings, engines={"echo": engine}) as server:
-        client = _client(server)
+    with LiveServer(settings, engines={"echo": engine}) as server, _client(server) as client:
         results: list[object] = []
 
         def edit() -> None:
@@ -120,8 +120,7 @@ def test_queue_deadline_is_504_without_touching_the_engine(
 ) -> None:
     engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
     settings = make_settings(models=echo_models(), queue={"max_queue": 4, "deadline_s": 0.3})
-    with LiveServer(settings, engines={"echo": engine}) as server:
-        client = _client(server)
+    with LiveServer(settings, engines={"echo": engine}) as server, _client(server) as client:
         first = threading.Thread(
             target=lambda: client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
         )

@@ -156,7 +156,7 @@ async def create_edit(request: Request) -> Response:
     principal = await _authenticate(request)
     form = await _read_form(request, services.settings)
     idem = request.headers.get("idempotency-key")
-    fingerprint = _fingerprint(form) if idem else ""
+    fingerprint = await asyncio.to_thread(_fingerprint, form) if idem else ""
     if idem:
         stored = await services.gate.replay(principal, idem, fingerprint)
         if stored is not None:

@@ -265,7 +265,8 @@ class EditService:
             blobs = await asyncio.gather(
                 *(self._off_loop(self._encode, img, params, size) for img in output.images)
             )
-            items = [[orjson.dumps({"url": self._store(b, params, base_url)})] for b in blobs]
+            urls = await asyncio.gather(*(self._off_loop(self._store, b, params, base_url) for b in blobs))
+            items = [[orjson.dumps({"url": url})] for url in urls]
         else:
             b64s = await asyncio.gather(
                 *(self._off_loop(self._encode_b64, img, params, size) for img in output.images)
