@@ -45,9 +45,9 @@ def echo_models(**options: Any) -> list[ModelSettings]:
 class Harness:
     """An app running in-process with its lifespan, and SDK/raw clients bound to it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, asgi: Any) -> None:
         self.app = app
-        transport = httpx2.ASGITransport(app=app)
+        transport = httpx2.ASGITransport(app=asgi)
         self.http = httpx2.AsyncClient(transport=transport, base_url="http://retouch.test")
         self.sdk = openai.AsyncOpenAI(
             api_key="sk-test", base_url="http://retouch.test/v1", http_client=self.http,
@@ -68,7 +68,7 @@ async def harness_factory() -> AsyncIterator[Callable[..., Any]]:
         manager = LifespanManager(app, startup_timeout=60)
         await manager.__aenter__()
         managers.append(manager)
-        return Harness(manager.app)
+        return Harness(app, manager.app)
 
     yield start
     for manager in reversed(managers):

@@ -100,6 +100,8 @@ class OpenGate:
         self, principal: Principal, key: str, fingerprint: str, response: StoredResponse
     ) -> None:
         self._idempotent[(key, fingerprint)] = response
+        while len(self._idempotent) > 256:  # open mode keeps only recent replays, in memory
+            del self._idempotent[next(iter(self._idempotent))]
 
     async def close(self) -> None:
         return None
