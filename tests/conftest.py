@@ -45,8 +45,10 @@ def echo_models(**options: Any) -> list[ModelSettings]:
 class Harness:
     """An app running in-process with its lifespan, and SDK/raw clients bound to it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, starlette_app: Any = None) -> None:
         self.app = app
+        # asgi-lifespan wraps the app (to pass lifespan state); services live on the original.
+        self._starlette_app = starlette_app if starlette_app is not None else app
         transport = httpx2.ASGITransport(app=app)
         self.http = httpx2.AsyncClient(transport=transport, base_url="http://retouch.test")
         self.sdk = openai.AsyncOpenAI(
@@ -56,7 +58,7 @@ class Harness:
 
     @property
     def services(self) -> Any:
-        return self.app.state.services
+        return self._starlette_app.state.services
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ async def harness_factory() -> AsyncIterator[Callable[..., Any]]:
         manager = LifespanManager(app, startup_timeout=60)
         await manager.__aenter__()
         managers.append(manager)
-        return Harness(manager.app)
+        return Harness(manager.app, app)
 
     yield start
     for manager in reversed(managers):
@@ -119,3 +121,66 @@ def decode_b64(b64: str) -> Image.Image:
     import base64
 
     return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread, serving the echo engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        import threading
+
+        import uvicorn
+
+        self.app = build_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="live-uvicorn", daemon=True)
+
+    def start(self) -> None:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the live uvicorn server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        """The official sync client over a real socket (no retries unless asked)."""
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(
+            api_key="sk-test", base_url=f"{self.base_url}/v1",
+            http_client=httpx2.Client(timeout=30), **kwargs,
+        )
+
+    def http(self) -> httpx2.Client:
+        return httpx2.Client(base_url=self.base_url, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real uvicorn server for the whole session (echo engine; OpenAI names alias it).
+
+    Shared by tests that need a socket: the sync SDK, streaming order, disconnects, and the
+    hostile-file corpus (which also checks that the server keeps serving)."""
+    settings = load_settings(
+        None, data_dir=tmp_path_factory.mktemp("live") / "data", models=echo_models()
+    )
+    server = LiveServer(settings)
+    server.start()
+    yield server
+    server.stop()
