@@ -7,7 +7,9 @@ check that the right pixels went in and came back. OpenAI's model names (``gpt-i
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import time
 from collections.abc import Callable
@@ -539,6 +541,12 @@ async def test_tampered_and_expired_links(echo: Harness) -> None:
     assert_envelope(response, 403, param=None, code="invalid_signature")
     response = await echo.http.get(url.copy_merge_params({"expires": str(expires + 1)}))
     assert_envelope(response, 403, param=None, code="invalid_signature")
+    with pytest.raises(openai.PermissionDeniedError) as denied:  # the SDK's class for 403
+        await echo.sdk.get(
+            f"/blobs/{key}", cast_to=object,
+            options={"params": {"expires": expires, "sig": tampered}},
+        )  # fmt: skip
+    assert denied.value.code == "invalid_signature"
     past = int(time.time()) - 10
     signer = echo.services.signer
     response = await echo.http.get(
@@ -660,6 +668,10 @@ async def test_json_body_other_errors(echo: Harness) -> None:
         "/v1/images/edits", json={"prompt": PROMPT, "images": ok, "n": [1]}
     )
     assert_envelope(response, 400, param="n", code="invalid_type")
+    response = await echo.http.post(
+        "/v1/images/edits", json={"prompt": PROMPT, "images": ok, "svg": {"model": "x"}}
+    )
+    assert_envelope(response, 400, param="svg", code="unknown_parameter")
     response = await echo.http.post(
         "/v1/images/edits", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -831,6 +843,33 @@ async def test_engine_failure_raises_internal_server_error(
     assert err.value.code == "engine_error"
     assert err.value.request_id
     assert err.value.request_id.startswith("req_")
+
+
+async def test_queue_full_raises_rate_limit_error(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> None:
+    harness: Harness = await harness_factory(
+        make_settings(models=echo_models(delay_s=2.0, steps=40), queue={"max_queue": 0})
+    )
+    worker = harness.services.workers["echo"]
+    first = asyncio.ensure_future(
+        harness.sdk.images.edit(model="echo", image=png_file(RED), prompt=PROMPT)
+    )
+    for _ in range(500):
+        if worker.running:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.running == 1
+    for stream in (False, True):
+        with pytest.raises(openai.RateLimitError) as err:
+            await harness.sdk.images.edit(
+                model="echo", image=png_file(RED), prompt=PROMPT, stream=stream
+            )
+        assert int(err.value.response.headers["retry-after"]) >= 1
+        assert err.value.request_id
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
 
 
 async def test_not_found_via_sdk(echo: Harness) -> None:

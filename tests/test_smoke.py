@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import Harness, decode_b64, gradient, encode_image
+from tests.conftest import Harness, decode_b64, encode_image, gradient
 
 pytestmark = pytest.mark.anyio
 
@@ -13,4 +13,5 @@ async def test_one_image_b64(echo: Harness) -> None:
     assert result.size == "64x48"
     img = decode_b64(result.data[0].b64_json)
     assert img.size == (64, 48)
-    assert result.usage is not None and result.usage.total_tokens > 0
+    assert result.usage is not None
+    assert result.usage.total_tokens > 0

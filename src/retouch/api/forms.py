@@ -289,6 +289,8 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
             if isinstance(value, str) and value == "":
                 continue
             form.fields[key] = str(value)
+        elif key not in _TEXT_FIELDS:
+            raise UnknownParameter(key)
         else:
             raise InvalidValue(
                 f"Invalid type for '{key}': expected a string, number or boolean.",

@@ -160,11 +160,12 @@ def load_pixels(opened: OpenedImage) -> Pixels:
         image.load()
         pixels = _to_rgb_or_rgba(image)
     except Exception:
-        raise InvalidImage(
-            f"Invalid file '{opened.upload.param}': the {opened.format} data is corrupt or "
-            "truncated.",
-            param=opened.upload.param,
-            code="invalid_image_file",
+        param = opened.upload.param
+        error = InvalidMask if param == "mask" else InvalidImage
+        raise error(
+            f"Invalid file '{param}': the {opened.format} data is corrupt or truncated.",
+            param=param,
+            code="invalid_mask_image_format" if param == "mask" else "invalid_image_file",
         ) from None
     transpose = _TRANSPOSE.get(opened.orientation)
     if transpose is None:
@@ -196,7 +197,7 @@ def _to_rgb_or_rgba(image: Image.Image) -> Pixels:
             alpha = np.where(wide == image.info["transparency"], 0, 255).astype(np.uint8)
             return np.ascontiguousarray(np.dstack([gray, gray, gray, alpha]))
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode in ("RGBA", "RGB"):
+    if mode == "RGBA" or (mode == "RGB" and "transparency" not in image.info):
         return np.asarray(image)
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
     return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))

@@ -29,6 +29,7 @@ ResponseFormat = Literal["b64_json", "url"]
 FIXED_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
 DALL_E_2_SIZES = ((256, 256), (512, 512), (1024, 1024))
 GPT2_MIN_PIXELS, GPT2_MAX_PIXELS, GPT2_MAX_EDGE = 655_360, 8_294_400, 3840
+DALL_E_2_MAX_IMAGE_BYTES = 4 * 1024 * 1024
 
 _COMMON = {"prompt", "model", "n", "size", "user", "safety_identifier"}
 _GPT = _COMMON | {
@@ -222,6 +223,13 @@ def to_edit_params(
     size = _size(fields.get("size"), family, limits)
 
     if family == "dall-e-2":
+        for upload in form.images:
+            if len(upload.data) >= DALL_E_2_MAX_IMAGE_BYTES:
+                raise InvalidValue(
+                    f"Invalid file '{upload.param}': dall-e-2 takes images under 4 MB.",
+                    param=upload.param,
+                    code="image_too_large",
+                )
         quality_req = _enum(fields, "quality", ("standard", "auto"), "auto")
         response_format = _enum(fields, "response_format", ("url", "b64_json"), "url")
         return EditParams(
