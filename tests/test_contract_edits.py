@@ -845,6 +845,21 @@ async def test_engine_failure_raises_internal_server_error(
     assert err.value.request_id.startswith("req_")
 
 
+async def test_engine_failure_mid_stream_is_an_error_event_the_sdk_raises(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> None:
+    harness: Harness = await harness_factory(make_settings(models=failing_model()))
+    stream = await harness.sdk.images.edit(
+        model="broken", image=png_file(RED), prompt=PROMPT, stream=True, partial_images=1
+    )
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as err:
+        async for event in stream:
+            seen.append(event.type)
+    assert seen == ["image_edit.partial_image"]  # the partial went out before the failure
+    assert err.value.code == "engine_error"
+
+
 async def test_queue_full_raises_rate_limit_error(
     harness_factory: Callable[..., Any], make_settings: Callable[..., Settings]
 ) -> None:
