@@ -853,9 +853,13 @@ async def test_engine_failure_mid_stream_is_an_error_event_the_sdk_raises(
         model="broken", image=png_file(RED), prompt=PROMPT, stream=True, partial_images=1
     )
     seen: list[str] = []
-    with pytest.raises(openai.APIError) as err:
+
+    async def drain() -> None:
         async for event in stream:
             seen.append(event.type)
+
+    with pytest.raises(openai.APIError) as err:
+        await drain()
     assert seen == ["image_edit.partial_image"]  # the partial went out before the failure
     assert err.value.code == "engine_error"
 
