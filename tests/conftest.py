@@ -17,6 +17,7 @@ from PIL import Image
 
 from retouch.api.app import build_app
 from retouch.config import ModelSettings, Settings, load_settings
+from tests.live import LiveServer
 
 for _var in [v for v in os.environ if v.startswith(("OPENAI_", "RETOUCH_"))]:
     del os.environ[_var]
@@ -45,9 +46,11 @@ def echo_models(**options: Any) -> list[ModelSettings]:
 class Harness:
     """An app running in-process with its lifespan, and SDK/raw clients bound to it."""
 
-    def __init__(self, app: Any, asgi: Any) -> None:
+    def __init__(self, app: Any, starlette_app: Any = None) -> None:
         self.app = app
-        transport = httpx2.ASGITransport(app=asgi)
+        # asgi-lifespan wraps the app (to pass lifespan state); services live on the original.
+        self._starlette_app = starlette_app if starlette_app is not None else app
+        transport = httpx2.ASGITransport(app=app)
         self.http = httpx2.AsyncClient(transport=transport, base_url="http://retouch.test")
         self.sdk = openai.AsyncOpenAI(
             api_key="sk-test", base_url="http://retouch.test/v1", http_client=self.http,
@@ -56,7 +59,7 @@ class Harness:
 
     @property
     def services(self) -> Any:
-        return self.app.state.services
+        return self._starlette_app.state.services
 
 
 @pytest.fixture
@@ -68,7 +71,7 @@ async def harness_factory() -> AsyncIterator[Callable[..., Any]]:
         manager = LifespanManager(app, startup_timeout=60)
         await manager.__aenter__()
         managers.append(manager)
-        return Harness(app, manager.app)
+        return Harness(manager.app, app)
 
     yield start
     for manager in reversed(managers):
@@ -119,3 +122,18 @@ def decode_b64(b64: str) -> Image.Image:
     import base64
 
     return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real uvicorn server for the whole session (echo engine; OpenAI names alias it).
+
+    Shared by tests that need a socket: the sync SDK, streaming order, disconnects, and the
+    hostile-file corpus (which also checks that the server keeps serving)."""
+    settings = load_settings(
+        None, data_dir=tmp_path_factory.mktemp("live") / "data", models=echo_models()
+    )
+    server = LiveServer(settings)
+    server.start()
+    yield server
+    server.stop()

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Any
 
+import httpx2
+import openai
 import uvicorn
 
 from retouch.api.app import build_app
@@ -17,34 +18,50 @@ from retouch.config import Settings
 class LiveServer:
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
         self.app = build_app(settings, **app_kwargs)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+            timeout_graceful_shutdown=2,
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, name="live-uvicorn", daemon=True)
+        self.base_url = ""
 
-    def _run(self) -> None:
-        asyncio.run(self.server.serve())
-
-    def __enter__(self) -> LiveServer:
+    def start(self) -> None:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
+                raise RuntimeError("the live uvicorn server did not start")
             time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def __enter__(self) -> LiveServer:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-    @property
-    def port(self) -> int:
-        return int(self.server.servers[0].sockets[0].getsockname()[1])
+        self.stop()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     @property
     def services(self) -> Any:
         return self.app.state.services
+
+    def sdk(self, **kwargs: Any) -> openai.OpenAI:
+        """The official sync client over a real socket (no retries unless asked)."""
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", "sk-test")
+        return openai.OpenAI(
+            base_url=f"{self.base_url}/v1", http_client=httpx2.Client(timeout=30), **kwargs
+        )
+
+    def http(self) -> httpx2.Client:
+        return httpx2.Client(base_url=self.base_url, timeout=30)

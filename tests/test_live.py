@@ -20,15 +20,11 @@ pytestmark = pytest.mark.live
 SRC = encode_image(gradient((64, 64)))
 
 
-def _client(server: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", base_url=f"{server.url}/v1", max_retries=0)
-
-
 def test_stream_partials_arrive_before_completion(make_settings: Callable[..., Settings]) -> None:
     engine = EchoEngine("echo", {"delay_s": 0.8, "steps": 4})
     with LiveServer(make_settings(models=echo_models()), engines={"echo": engine}) as server:
         seen: list[tuple[str, float]] = []
-        with _client(server) as client:
+        with server.sdk() as client:
             stream = client.images.edit(
                 model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True,
                 partial_images=3,
@@ -85,7 +81,7 @@ def test_health_answers_while_edits_run_and_queue_full_is_429(
 ) -> None:
     engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
     settings = make_settings(models=echo_models(), queue={"max_queue": 1})
-    with LiveServer(settings, engines={"echo": engine}) as server, _client(server) as client:
+    with LiveServer(settings, engines={"echo": engine}) as server, server.sdk() as client:
         results: list[object] = []
 
         def edit() -> None:
@@ -120,7 +116,7 @@ def test_queue_deadline_is_504_without_touching_the_engine(
 ) -> None:
     engine = EchoEngine("echo", {"delay_s": 1.5, "steps": 10})
     settings = make_settings(models=echo_models(), queue={"max_queue": 4, "deadline_s": 0.3})
-    with LiveServer(settings, engines={"echo": engine}) as server, _client(server) as client:
+    with LiveServer(settings, engines={"echo": engine}) as server, server.sdk() as client:
         first = threading.Thread(
             target=lambda: client.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
         )

@@ -5,6 +5,8 @@ caps neither file parts nor the total). Image spellings ``image``, repeated ``im
 ``image[]``, ``image[N]``, ``image.N`` and ``image.N.items`` all become one ordered list: wire
 order, except that indexed spellings are sorted by N. Mixing indexed with unindexed spellings
 is a 400, since the intended order would be a guess. ``mask`` and ``mask[]`` name the mask.
+Errors name a file the way OpenAI does: ``image`` when one bare ``image`` part was sent,
+``image[i]`` for an element of an array (``image[N]`` keeps the client's own N).
 
 ``application/json`` bodies (OpenAI's JSON edit variant) carry ``images: [{image_url}]`` with
 ``data:`` URLs; ``file_id`` and remote URLs get a clear 400.
@@ -21,11 +23,13 @@ import pybase64
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from retouch.config import Limits
-from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge
+from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
 from retouch.service.form import EditForm, Upload
+from retouch.service.params import ALLOWED_FIELDS
 
 _IMAGE = re.compile(r"^image(?:\[\]|\[(\d{1,3})\]|\.(\d{1,3})(?:\.items)?)?$")
 _MASK = {"mask", "mask[]"}
+_TEXT_FIELDS = frozenset().union(*ALLOWED_FIELDS.values(), {"response_format"})
 
 
 class RequestTimeout(InvalidRequest):
@@ -52,8 +56,9 @@ class _FormBuilder:
         self.form = EditForm()
         self.part = _Part()
         self.files = 0
+        self.text_parts = 0
         self.indexed: list[tuple[int, Upload]] = []
-        self.error: Exception | None = None
+        self.bare_image_parts = 0
 
     # python-multipart callbacks -----------------------------------------------------------
     def on_part_begin(self) -> None:
@@ -83,15 +88,28 @@ class _FormBuilder:
         part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
         part.size += end - start
         if part.filename is None:
-            cap, what = self.limits.max_field_bytes, f"field '{part.name}'"
+            cap, param, code = self.limits.max_field_bytes, part.name, "field_too_large"
         elif part.name in _MASK:
-            cap, what = self.limits.max_mask_bytes, "mask"
+            cap, param, code = self.limits.max_mask_bytes, "mask", "file_too_large"
         else:
-            cap, what = self.limits.max_image_bytes, f"file '{part.name}'"
+            cap, param, code = self.limits.max_image_bytes, self._file_param(part), "file_too_large"
         if part.size > cap:
             raise PayloadTooLarge(
-                f"The {what} is larger than the {cap:,} bytes allowed.", param=part.name or None
+                f"Invalid '{param}': it is larger than the {cap:,} bytes allowed.",
+                param=param or None,
+                code=code,
             )
+
+    def _file_param(self, part: _Part) -> str:
+        """How errors name the image being received (before the whole list is known)."""
+        match = _IMAGE.match(part.name)
+        if match is None:
+            return part.name
+        index = match[1] or match[2]
+        if index is not None:
+            return f"image[{int(index)}]"
+        seen = len(self.form.images)
+        return "image" if part.name == "image" and seen == 0 else f"image[{seen}]"
 
     def on_part_end(self) -> None:
         part = self.part
@@ -110,8 +128,12 @@ class _FormBuilder:
                 param=part.name,
                 code="invalid_type",
             )
-        if len(self.form.fields) >= self.limits.max_fields:
-            raise InvalidRequest(f"Too many form fields (at most {self.limits.max_fields}).")
+        self.text_parts += 1  # empty ones too: each still costs a parse
+        if self.text_parts > self.limits.max_fields:
+            raise InvalidRequest(
+                f"Too many form fields (at most {self.limits.max_fields}).",
+                code="too_many_fields",
+            )
         try:
             value = data.decode("utf-8")
         except UnicodeDecodeError:
@@ -143,16 +165,26 @@ class _FormBuilder:
             return
         match = _IMAGE.match(part.name)
         if not match:
+            if part.name.split("[", 1)[0] not in _TEXT_FIELDS:
+                raise UnknownParameter(part.name)
             raise InvalidValue(
                 f"Invalid type for '{part.name}': expected a string, but got a file instead.",
                 param=part.name,
                 code="invalid_type",
             )
-        upload = Upload("image", part.filename or "", part.content_type, data)
         index = match[1] or match[2]
         if index is not None:
-            self.indexed.append((int(index), upload))
+            n = int(index)
+            if any(n == seen for seen, _ in self.indexed):
+                raise InvalidValue(
+                    f"Invalid 'image[{n}]': the index was sent more than once.",
+                    param=f"image[{n}]",
+                )
+            upload = Upload(f"image[{n}]", part.filename or "", part.content_type, data)
+            self.indexed.append((n, upload))
         else:
+            self.bare_image_parts += part.name == "image"
+            upload = Upload("image", part.filename or "", part.content_type, data)
             self.form.images.append(upload)
 
     def finish(self) -> EditForm:
@@ -164,16 +196,14 @@ class _FormBuilder:
                 param="image",
             )
         if self.indexed:
-            images = [u for _, u in sorted(self.indexed, key=lambda t: t[0])]
-        self.form.images = _name_images(images)
+            # keep the client's own indices in error messages: they name the parts it sent
+            self.form.images = [u for _, u in sorted(self.indexed, key=lambda t: t[0])]
+        elif not (len(images) == 1 and self.bare_image_parts == 1):
+            self.form.images = [
+                Upload(f"image[{i}]", u.filename, u.content_type, u.data)
+                for i, u in enumerate(images)
+            ]
         return self.form
-
-
-def _name_images(images: list[Upload]) -> list[Upload]:
-    """OpenAI names a lone file ``image`` and array elements ``image[i]``."""
-    if len(images) == 1:
-        return images
-    return [Upload(f"image[{i}]", u.filename, u.content_type, u.data) for i, u in enumerate(images)]
 
 
 async def read_multipart(
@@ -226,10 +256,12 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise InvalidRequest("We could not parse the JSON body of your request.") from None
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
     if not isinstance(doc, dict):
-        raise InvalidRequest("The JSON body must be an object.")
-    form = EditForm()
+        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    form = EditForm(json_body=True)
     images = doc.pop("images", None)
     if "image" in doc:
         raise InvalidValue(
@@ -261,6 +293,8 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
             if isinstance(value, str) and value == "":
                 continue
             form.fields[key] = str(value)
+        elif key not in _TEXT_FIELDS:
+            raise UnknownParameter(key)
         else:
             raise InvalidValue(
                 f"Invalid type for '{key}': expected a string, number or boolean.",
@@ -298,7 +332,11 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
             f"Invalid '{param}.image_url': expected a base64 data URL.", param=param
         )
     if len(payload) * 3 // 4 > cap:
-        raise PayloadTooLarge(f"The image '{param}' is larger than the {cap:,} bytes allowed.")
+        raise PayloadTooLarge(
+            f"Invalid '{param}': it is larger than the {cap:,} bytes allowed.",
+            param=param,
+            code="file_too_large",
+        )
     try:
         data = pybase64.b64decode(payload, validate=True)
     except ValueError:

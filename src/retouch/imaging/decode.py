@@ -4,16 +4,20 @@
 are enforced before any allocation; ``load_pixels`` then decodes, honours EXIF orientation and
 normalises the mode to RGB or RGBA (CMYK, 16-bit, grayscale and palette images included).
 Pure functions over bytes; no I/O, no event loop.
+
+These run in a thread pool, so nothing here touches the process-wide warning filters
+(``warnings.catch_warnings`` is not thread-safe: two overlapping uses can leave a filter
+installed for the whole process). Pillow's bomb warning is caught where a caller turned it into
+an error; otherwise our own pixel cap, checked right after the header, refuses the image.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
 from retouch.engine.types import Pixels
 from retouch.errors import InvalidImage, InvalidMask, PayloadTooLarge
@@ -25,6 +29,16 @@ Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIXTEEN_BIT_GRAY = {"I;16", "I;16B", "I;16L", "I"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -63,6 +77,8 @@ class OpenedImage:
     width: int
     height: int
     """Size after EXIF orientation."""
+    orientation: int = 1
+    """The EXIF orientation read from the header; ``load_pixels`` applies exactly this one."""
 
     @property
     def has_alpha(self) -> bool:
@@ -87,9 +103,7 @@ def open_upload(upload: Upload, *, max_pixels: int, png_only: bool = False) -> O
             code="invalid_image_format" if error is InvalidImage else "invalid_mask_image_format",
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(upload.data), formats=[fmt])
+        image = Image.open(io.BytesIO(upload.data), formats=[fmt])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise PayloadTooLarge(
             f"Invalid file '{upload.param}': the image has too many pixels.",
@@ -110,52 +124,80 @@ def open_upload(upload: Upload, *, max_pixels: int, png_only: bool = False) -> O
             param=upload.param,
             code="image_too_large",
         )
-    if getattr(image, "n_frames", 1) > 1:
+    # A JPEG with several frames is an MPO (a camera's extra previews): its first frame is the
+    # photo. Animated PNG and WebP are refused rather than silently cut to one frame.
+    if fmt != "JPEG" and getattr(image, "n_frames", 1) > 1:
         raise error(
             f"Invalid file '{upload.param}': animated images are not accepted.",
             param=upload.param,
             code="invalid_image_file",
         )
-    if fmt != "PNG" and _orientation(image) in _ROTATED:
+    orientation = _orientation(image)
+    if orientation in _ROTATED:
         width, height = height, width
-    return OpenedImage(upload, fmt, image, width, height)
+    return OpenedImage(upload, fmt, image, width, height, orientation)
 
 
 def _orientation(image: Image.Image) -> int:
+    """EXIF orientation from what the header parse already holds.
+
+    PNG keeps EXIF in an ``eXIf`` chunk that may follow the pixel data; Pillow's ``getexif()``
+    would then decode the whole image to find it. Only an ``eXIf`` chunk before the pixels
+    (already in ``info``) counts, so the size reported here and the pixels always agree."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
-        return int(image.getexif().get(0x0112, 1))
+        value = int(image.getexif().get(0x0112, 1))
     except Exception:
         return 1
+    return value if value in _TRANSPOSE else 1
 
 
 def load_pixels(opened: OpenedImage) -> Pixels:
     """Decode fully, apply EXIF orientation, and return RGB or RGBA uint8 pixels."""
     image = opened.image
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb_or_rgba(image)
+        image.load()
+        pixels = _to_rgb_or_rgba(image)
     except Exception:
-        raise InvalidImage(
-            f"Invalid file '{opened.upload.param}': the {opened.format} data is corrupt or "
-            "truncated.",
-            param=opened.upload.param,
-            code="invalid_image_file",
+        param = opened.upload.param
+        error = InvalidMask if param == "mask" else InvalidImage
+        raise error(
+            f"Invalid file '{param}': the {opened.format} data is corrupt or truncated.",
+            param=param,
+            code="invalid_mask_image_format" if param == "mask" else "invalid_image_file",
         ) from None
+    transpose = _TRANSPOSE.get(opened.orientation)
+    if transpose is None:
+        return pixels
+    return _transpose(pixels, transpose)
+
+
+def _transpose(pixels: Pixels, method: Image.Transpose) -> Pixels:
+    steps = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+        Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+        Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),  # counter-clockwise
+        Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+        Image.Transpose.TRANSPOSE: lambda a: a.transpose(1, 0, 2),
+        Image.Transpose.TRANSVERSE: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    }
+    return np.ascontiguousarray(steps[method](pixels))
 
 
 def _to_rgb_or_rgba(image: Image.Image) -> Pixels:
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grayscale: keep the high byte rather than clipping at 255.
+    if mode in _SIXTEEN_BIT_GRAY:
+        # 16-bit grayscale: scale 0..65535 to 0..255 (v / 257, rounded). Scaling must not depend
+        # on the content: a dark 16-bit image stays dark.
         wide = np.asarray(image).astype(np.uint32)
-        gray = (wide >> 8 if wide.max() > 255 else wide).astype(np.uint8)
+        gray = ((np.minimum(wide, 65535) + 128) // 257).astype(np.uint8)
+        if "transparency" in image.info:
+            alpha = np.where(wide == image.info["transparency"], 0, 255).astype(np.uint8)
+            return np.ascontiguousarray(np.dstack([gray, gray, gray, alpha]))
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    if mode == "RGBA":
-        return np.asarray(image)
-    if mode == "RGB":
+    if mode == "RGBA" or (mode == "RGB" and "transparency" not in image.info):
         return np.asarray(image)
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
     return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))

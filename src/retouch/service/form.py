@@ -28,3 +28,5 @@ class EditForm:
     """Input images in request order, whatever spelling they came in."""
     mask: Upload | None = None
     idempotency_key: str | None = None
+    json_body: bool = False
+    """Sent as OpenAI's JSON edit variant (GPT-image models only, no ``response_format``)."""

@@ -29,6 +29,7 @@ ResponseFormat = Literal["b64_json", "url"]
 FIXED_SIZES = ((1024, 1024), (1536, 1024), (1024, 1536))
 DALL_E_2_SIZES = ((256, 256), (512, 512), (1024, 1024))
 GPT2_MIN_PIXELS, GPT2_MAX_PIXELS, GPT2_MAX_EDGE = 655_360, 8_294_400, 3840
+DALL_E_2_MAX_IMAGE_BYTES = 4 * 1024 * 1024
 
 _COMMON = {"prompt", "model", "n", "size", "user", "safety_identifier"}
 _GPT = _COMMON | {
@@ -134,8 +135,7 @@ def _size(raw: str | None, family: ApiFamily, limits: Limits) -> tuple[int, int]
     names = tuple(f"{w}x{h}" for w, h in allowed)
     if family in ("dall-e-2", "gpt-image"):
         _enum({"size": raw}, "size", names + (("auto",) if family == "gpt-image" else ()), "")
-        width, height = raw.split("x")
-        return int(width), int(height)
+        return allowed[names.index(raw)]
     match = _SIZE.match(raw)
     if not match:
         raise InvalidValue(
@@ -143,16 +143,7 @@ def _size(raw: str | None, family: ApiFamily, limits: Limits) -> tuple[int, int]
         )
     w, h = int(match[1]), int(match[2])
     if family == "gpt-image-2":
-        problems = []
-        if w % 16 or h % 16:
-            problems.append("both sides must be multiples of 16")
-        if max(w, h) > 3 * min(w, h):
-            problems.append("the aspect ratio must be within 1:3 and 3:1")
-        if not GPT2_MIN_PIXELS <= w * h <= GPT2_MAX_PIXELS or max(w, h) > GPT2_MAX_EDGE:
-            problems.append(
-                f"the image must have {GPT2_MIN_PIXELS:,} to {GPT2_MAX_PIXELS:,} pixels "
-                f"and edges of at most {GPT2_MAX_EDGE}"
-            )
+        problems = gpt_image_2_size_problems(w, h)
         if problems:
             raise InvalidValue(
                 f"Invalid value: '{raw}': " + "; ".join(problems) + ".", param="size"
@@ -165,8 +156,32 @@ def _size(raw: str | None, family: ApiFamily, limits: Limits) -> tuple[int, int]
     return w, h
 
 
+def gpt_image_2_size_problems(w: int, h: int) -> list[str]:
+    """What is wrong with ``w`` x ``h`` as a gpt-image-2 size (empty when it is valid)."""
+    problems = []
+    if w % 16 or h % 16:
+        problems.append("both sides must be multiples of 16")
+    if max(w, h) > 3 * min(w, h):
+        problems.append("the aspect ratio must be within 1:3 and 3:1")
+    if not GPT2_MIN_PIXELS <= w * h <= GPT2_MAX_PIXELS or max(w, h) > GPT2_MAX_EDGE:
+        problems.append(
+            f"the image must have {GPT2_MIN_PIXELS:,} to {GPT2_MAX_PIXELS:,} pixels "
+            f"and edges of at most {GPT2_MAX_EDGE}"
+        )
+    return problems
+
+
 def check_fields(form: EditForm, family: ApiFamily, *, allow_url: bool = False) -> None:
-    """Unknown parameters, and parameters the family does not take, are 400 unknown_parameter."""
+    """Unknown parameters, and parameters the family does not take, are 400 unknown_parameter.
+
+    OpenAI's JSON body variant serves GPT-image models only and has no ``response_format``
+    (unless the operator allows URLs for GPT models, an extension)."""
+    if form.json_body and family == "dall-e-2":
+        raise InvalidValue(
+            "Invalid value: 'dall-e-2'. JSON edit bodies support GPT image models only; "
+            "send dall-e-2 edits as multipart/form-data.",
+            param="model",
+        )
     allowed = ALLOWED_FIELDS[family] | ({"response_format"} if allow_url else set())
     for name in form.fields:
         base = name.split("[", 1)[0]
@@ -208,6 +223,13 @@ def to_edit_params(
     size = _size(fields.get("size"), family, limits)
 
     if family == "dall-e-2":
+        for upload in form.images:
+            if len(upload.data) >= DALL_E_2_MAX_IMAGE_BYTES:
+                raise InvalidValue(
+                    f"Invalid file '{upload.param}': dall-e-2 takes images under 4 MB.",
+                    param=upload.param,
+                    code="image_too_large",
+                )
         quality_req = _enum(fields, "quality", ("standard", "auto"), "auto")
         response_format = _enum(fields, "response_format", ("url", "b64_json"), "url")
         return EditParams(
@@ -243,13 +265,12 @@ def to_edit_params(
         )
     stream = _bool(fields, "stream")
     partial_images = _int(fields, "partial_images", 0, 0, 3)
-    if "partial_images" in fields and not stream:
+    if partial_images and not stream:  # 0 asks for nothing, so it is harmless without a stream
         raise InvalidValue(
             "Invalid 'partial_images': it needs stream=true.", param="partial_images"
         )
-    response_format = "b64_json"
-    if "response_format" in fields:  # check_fields let it through: the operator allows URLs
-        response_format = _enum(fields, "response_format", ("url", "b64_json"), "b64_json")
+    # check_fields let response_format through only where the operator allows URLs
+    response_format = _enum(fields, "response_format", ("url", "b64_json"), "b64_json")
     if stream and response_format == "url":
         raise InvalidValue(
             "Invalid 'response_format': streaming always returns b64_json.",
@@ -279,11 +300,30 @@ def resolve_size(
         aspect = math.log(w / h)
         return min(FIXED_SIZES, key=lambda s: abs(math.log(s[0] / s[1]) - aspect))
     if params.family == "gpt-image-2":
-        ratio = min(max(w / h, 1 / 3), 3.0)
-        pixels = min(max(w * h, GPT2_MIN_PIXELS), GPT2_MAX_PIXELS)
-        ww, hh = math.sqrt(pixels * ratio), math.sqrt(pixels / ratio)
-        k = min(1.0, GPT2_MAX_EDGE / max(ww, hh))
-        ww, hh = max(16, int(ww * k) // 16 * 16), max(16, int(hh * k) // 16 * 16)
-        return ww, hh
+        return gpt_image_2_auto_size(w, h)
     scale = min(1.0, math.sqrt(limits.max_output_pixels / (w * h)))
     return max(1, int(w * scale)), max(1, int(h * scale))
+
+
+def gpt_image_2_auto_size(w: int, h: int) -> tuple[int, int]:
+    """The valid gpt-image-2 size closest to the input's aspect ratio, with about as many pixels
+    as the input (clamped to the family's bounds).
+
+    Rounding both sides to multiples of 16 can step outside the pixel or aspect bounds, so the
+    valid sizes around the ideal one are compared instead of rounding blindly."""
+    ratio = min(max(w / h, 1 / 3), 3.0)
+    pixels = min(max(w * h, GPT2_MIN_PIXELS), GPT2_MAX_PIXELS)
+    ideal_w, ideal_h = math.sqrt(pixels * ratio), math.sqrt(pixels / ratio)
+    k = min(1.0, GPT2_MAX_EDGE / max(ideal_w, ideal_h))
+    ideal_w, ideal_h = ideal_w * k, ideal_h * k
+    near_w = [16 * (int(ideal_w) // 16 + d) for d in range(-2, 4)]
+    near_h = [16 * (int(ideal_h) // 16 + d) for d in range(-2, 4)]
+    candidates = [
+        (cw, ch) for cw in near_w for ch in near_h
+        if cw > 0 and ch > 0 and not gpt_image_2_size_problems(cw, ch)
+    ]  # fmt: skip
+    target = math.log(ratio)
+    return min(
+        candidates,
+        key=lambda s: (round(abs(math.log(s[0] / s[1]) - target), 2), abs(s[0] * s[1] - pixels)),
+    )
