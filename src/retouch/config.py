@@ -102,6 +102,25 @@ class StorageSettings(_Group):
     )
 
 
+class AccountSettings(_Group):
+    db_threads: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Threads (and pooled connections) for a PostgreSQL accounts database; "
+        "SQLite always uses one writer thread.",
+    )
+    idempotency_ttl_s: int = Field(
+        86400, gt=0, description="How long a response is kept for Idempotency-Key replays."
+    )
+    idempotency_max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="Largest response kept for Idempotency-Key replays; a larger one is not "
+        "stored and a retry runs again.",
+    )
+
+
 class ModelSettings(_Group):
     """One served model: an engine, its weights, and the request names it answers to."""
 
@@ -147,6 +166,9 @@ class Settings(BaseSettings):
     )
     insecure: bool = Field(
         False, description="Allow serving without API keys on a non-loopback address."
+    )
+    accounts: AccountSettings = Field(
+        default_factory=AccountSettings, description="API keys, usage ledger and idempotency."
     )
     default_model: str | None = Field(
         None,

@@ -17,6 +17,8 @@ Only ``retouch.api.errors`` turns them into OpenAI's envelope
     ├── AuthenticationFailed (401)
     ├── PermissionDenied (403)
     ├── NotFound (404)
+    ├── Conflict (409 idempotency_key_in_use: the same Idempotency-Key is still running)
+    ├── Unprocessable (422 idempotency_key_reused: same Idempotency-Key, different request)
     ├── RateLimited (429 rate_limit_exceeded, Retry-After)
     ├── QuotaExceeded (429 insufficient_quota, x-should-retry: false)
     ├── QueueFull (429 server_overloaded, Retry-After)
@@ -117,6 +119,18 @@ class NotFound(RetouchError):
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+
+
+class Conflict(RetouchError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class Unprocessable(RetouchError):
+    status = 422
+    type = "invalid_request_error"
+    code = "unprocessable"
 
 
 class RateLimited(RetouchError):

@@ -1,13 +1,19 @@
 """The accounting seam the HTTP side talks to: who is calling, may they, and what they used.
 
-``OpenGate`` serves without keys (loopback only, or ``--insecure``); the database-backed gate
-implements the same protocol.
+``OpenGate`` serves without keys and keeps nothing (tests, embedding); ``DatabaseGate``
+(``retouch.accounting.database_gate``) implements the same protocol over SQLite or PostgreSQL.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from retouch.errors import NotFound
+
+BucketWidth = Literal["1m", "1h", "1d"]
+GroupField = Literal["api_key_id", "model", "user_id"]
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,9 @@ class Principal:
     name: str
     models: frozenset[str] | None = None
     """Model names the key may use; None = all."""
+    headers: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """``x-ratelimit-*`` headers as of authentication, for responses that are not admitted
+    (errors, model listings); ``admit`` returns fresh ones for the edit itself."""
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,33 @@ class StoredResponse:
     content_type: str
 
 
+@dataclass(frozen=True)
+class UsageQuery:
+    """``GET /v1/organization/usage/images`` parameters (the subset of OpenAI's that applies)."""
+
+    start_time: int
+    end_time: int | None = None
+    bucket_width: BucketWidth = "1d"
+    group_by: tuple[GroupField, ...] = ()
+    limit: int | None = None
+    page: str | None = None
+    models: tuple[str, ...] = ()
+    user_ids: tuple[str, ...] = ()
+    api_key_ids: tuple[str, ...] = ()
+
+
 class Gate(Protocol):
     async def authenticate(self, authorization: str | None) -> Principal:
         """Raise ``AuthenticationFailed`` for a missing, unknown or revoked key."""
         ...
 
-    async def admit(self, principal: Principal, *, model: str, images: int) -> dict[str, str]:
-        """Check model access, rate limits and quota before work starts. Returns the
-        ``x-ratelimit-*`` headers; raises ``PermissionDenied``/``NotFound``, ``RateLimited`` or
-        ``QuotaExceeded``."""
+    async def admit(
+        self, principal: Principal, *, model: str, images: int, served_model: str | None = None
+    ) -> dict[str, str]:
+        """Check model access, rate limits and quota before work starts, and count the request.
+        ``model`` is the name the client sent, ``served_model`` the configured model it routes
+        to (a key may be allowed either). Returns the ``x-ratelimit-*`` headers; raises
+        ``NotFound`` (model not allowed), ``RateLimited`` or ``QuotaExceeded``."""
         ...
 
     async def record(self, record: UsageRecord) -> None:
@@ -64,12 +91,24 @@ class Gate(Protocol):
         ...
 
     async def replay(self, principal: Principal, key: str, fingerprint: str) -> StoredResponse | None:
-        """A stored response for this idempotency key and body fingerprint, if any."""
+        """The stored response for this idempotency key and body fingerprint, if any. ``None``
+        means the caller now holds the key and must end with ``remember`` or ``release``.
+        A gate may raise ``Conflict`` (the key is held by a running request) or
+        ``Unprocessable`` (the key was used for a different request)."""
         ...
 
     async def remember(
         self, principal: Principal, key: str, fingerprint: str, response: StoredResponse
     ) -> None: ...
+
+    async def release(self, principal: Principal, key: str) -> None:
+        """Give up a key taken by ``replay`` without a response to keep (the request failed
+        or streamed), so that a retry runs again."""
+        ...
+
+    async def usage(self, principal: Principal, query: UsageQuery) -> dict[str, Any]:
+        """The caller's own usage as OpenAI's images usage page (``object: page``)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -86,7 +125,9 @@ class OpenGate:
     async def authenticate(self, authorization: str | None) -> Principal:
         return self.ANONYMOUS
 
-    async def admit(self, principal: Principal, *, model: str, images: int) -> dict[str, str]:
+    async def admit(
+        self, principal: Principal, *, model: str, images: int, served_model: str | None = None
+    ) -> dict[str, str]:
         return {}
 
     async def record(self, record: UsageRecord) -> None:
@@ -102,6 +143,15 @@ class OpenGate:
         self._idempotent[(key, fingerprint)] = response
         while len(self._idempotent) > 256:  # open mode keeps only recent replays, in memory
             del self._idempotent[next(iter(self._idempotent))]
+
+    async def release(self, principal: Principal, key: str) -> None:
+        return None
+
+    async def usage(self, principal: Principal, query: UsageQuery) -> dict[str, Any]:
+        raise NotFound(
+            "Usage is recorded only with the accounts database (retouch serve uses it).",
+            code="usage_unavailable",
+        )
 
     async def close(self) -> None:
         return None

@@ -26,10 +26,12 @@ from starlette.routing import Route
 
 from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
 from retouch.api import errors as handlers
+from retouch.api.auth import authenticate
 from retouch.api.forms import RequestTimeout, read_json, read_multipart
 from retouch.api.middleware import RequestContext
 from retouch.api.responses import PiecesResponse
-from retouch.config import Settings
+from retouch.api.usage import images_usage
+from retouch.config import ModelSettings, Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
 from retouch.errors import (
@@ -97,6 +99,7 @@ def build_app(
             Route("/v1/images/edits", create_edit, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+            Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
             Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -143,43 +146,59 @@ def _services(request: Request) -> Services:
     return services
 
 
-async def _authenticate(request: Request) -> Principal:
-    return await _services(request).gate.authenticate(request.headers.get("authorization"))
-
-
 # -- POST /v1/images/edits ------------------------------------------------------------------
 
 
 async def create_edit(request: Request) -> Response:
     services = _services(request)
     request_id: str = request.state.request_id
-    principal = await _authenticate(request)
+    principal = await authenticate(request)
     form = await _read_form(request, services.settings)
     idem = request.headers.get("idempotency-key")
     fingerprint = await asyncio.to_thread(_fingerprint, form) if idem else ""
+    held = False  # this request holds the idempotency key: it must remember or release it
     if idem:
         stored = await services.gate.replay(principal, idem, fingerprint)
         if stored is not None:
             return Response(stored.body, status_code=stored.status, media_type=stored.content_type,
                             headers={"idempotent-replayed": "true"})  # fmt: skip
-    prepared, headers = await services.edits.prepare(form, principal, request_id)
-    request.state.extra_headers = headers
-    if prepared.params.stream:
-        if prepared.worker.saturated:  # refuse with a real 429 before the 200 goes out
-            raise QueueFull(
-                f"The model '{prepared.params.model}' is busy; retry later.",
-                headers=retry_after_headers(prepared.worker.retry_after_s()),
+        held = True
+    try:
+        prepared, headers = await services.edits.prepare(form, principal, request_id)
+        request.state.extra_headers = headers
+        if prepared.params.stream:  # streams are not kept for replay: the key is released
+            if prepared.worker.saturated:  # refuse with a real 429 before the 200 goes out
+                busy = QueueFull(
+                    f"The model '{prepared.params.model}' is busy; retry later.",
+                    headers=retry_after_headers(prepared.worker.retry_after_s()),
+                )
+                await services.edits.settle(prepared, busy.status)
+                raise busy
+            return StreamingResponse(
+                services.edits.stream(prepared),
+                media_type="text/event-stream",
+                headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             )
-        return StreamingResponse(
-            services.edits.stream(prepared),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+        pieces = await _until_disconnect(
+            request, services.edits.respond(prepared, str(request.base_url))
         )
-    pieces = await _until_disconnect(request, services.edits.respond(prepared, str(request.base_url)))
-    if idem:
-        stored = StoredResponse(200, b"".join(pieces), "application/json")
-        await services.gate.remember(principal, idem, fingerprint, stored)
-    return PiecesResponse(pieces, headers=headers)
+        if idem:
+            stored = StoredResponse(200, b"".join(pieces), "application/json")
+            await services.gate.remember(principal, idem, fingerprint, stored)
+            held = False
+        return PiecesResponse(pieces, headers=headers)
+    finally:
+        if held and idem:
+            await _release(services.gate, principal, idem)
+
+
+async def _release(gate: Gate, principal: Principal, key: str) -> None:
+    """Free an idempotency key after a failed or streamed request, so a retry runs again;
+    shielded because it also runs when the client went away."""
+    try:
+        await asyncio.shield(gate.release(principal, key))
+    except Exception:  # the claim then lapses on its own (idempotency.LEASE_S)
+        log.exception("could not release Idempotency-Key of %s", principal.key_id)
 
 
 async def _read_form(request: Request, settings: Settings) -> EditForm:
@@ -253,21 +272,33 @@ def _model_object(name: str, owner: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
 
+def _allowed(principal: Principal, name: str, model: ModelSettings) -> bool:
+    return principal.models is None or bool({name, model.name} & principal.models)
+
+
 async def list_models(request: Request) -> Response:
-    await _authenticate(request)
+    principal = await authenticate(request)
     routes = _services(request).routes
-    data = [_model_object(name, f"retouch:{m.engine}") for name, m in routes.names()]
+    data = [
+        _model_object(name, f"retouch:{m.engine}")
+        for name, m in routes.names()
+        if _allowed(principal, name, m)
+    ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
 async def get_model(request: Request) -> Response:
-    await _authenticate(request)
+    principal = await authenticate(request)
     name = request.path_params["model"]
     for known, model in _services(request).routes.names():
-        if known == name:
+        if known == name and _allowed(principal, name, model):
             return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
                             media_type="application/json")  # fmt: skip
-    raise NotFound(f"The model '{name}' does not exist", param="model", code="model_not_found")
+    raise NotFound(
+        f"The model '{name}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
 async def get_blob(request: Request) -> Response:

@@ -43,6 +43,16 @@ class RequestContext:
                 response_started = True
                 elapsed = int((time.perf_counter() - started) * 1000)
                 headers = list(message.get("headers", []))
+                # The key's x-ratelimit-* headers (set by authentication and admission) go on
+                # every response of the request, whichever route or error produced it.
+                extra = scope["state"].get("extra_headers")
+                if extra:
+                    present = {name.lower() for name, _ in headers}
+                    headers += [
+                        (name.encode(), value.encode())
+                        for name, value in extra.items()
+                        if name.encode() not in present
+                    ]
                 headers += [
                     (b"x-request-id", request_id.encode()),
                     (b"openai-processing-ms", str(elapsed).encode()),

@@ -95,9 +95,25 @@ class EditService:
         )
         worker = self.workers[route.model.name]
         self._check_capabilities(params, form, worker)
-        headers = await self.gate.admit(principal, model=params.model, images=params.n)
-        job, sizes = await self._off_loop(self._decode, form, params)
-        await self._off_loop(worker.engine.check, job)
+        headers = await self.gate.admit(
+            principal, model=params.model, images=params.n, served_model=params.served_model
+        )
+        admitted = time.monotonic()
+        try:
+            job, sizes = await self._off_loop(self._decode, form, params)
+            await self._off_loop(worker.engine.check, job)
+        except BaseException as exc:  # admitted (and counted), so it gets its ledger row
+            status = exc.status if isinstance(exc, RetouchError) else 500
+            await self._write_record(
+                UsageRecord(
+                    request_id=request_id, key_id=principal.key_id, model=params.model,
+                    status=status, input_images=len(form.images), output_images=0,
+                    text_tokens=0, image_tokens=0, output_tokens=0,
+                    latency_ms=int((time.monotonic() - admitted) * 1000),
+                    user=params.safety_identifier or params.user,
+                )
+            )  # fmt: skip
+            raise
         deadline = time.monotonic() + self.settings.queue.deadline_s
         prepared = PreparedEdit(request_id, principal, params, job, sizes, worker, deadline)
         return prepared, headers
@@ -228,10 +244,17 @@ class EditService:
             latency_ms=int((time.monotonic() - p.started) * 1000),
             user=p.params.safety_identifier or p.params.user,
         )
+        await self._write_record(record)
+
+    async def settle(self, p: PreparedEdit, status: int) -> None:
+        """Record a prepared edit that is refused before it runs."""
+        await self._record(p, status, None, 0)
+
+    async def _write_record(self, record: UsageRecord) -> None:
         try:
             await asyncio.shield(self.gate.record(record))
         except Exception:  # the ledger must never turn a served edit into an error
-            log.exception("could not record usage for %s", p.request_id)
+            log.exception("could not record usage for %s", record.request_id)
 
     # -- non-streaming --------------------------------------------------------------------------
 

@@ -1,0 +1,55 @@
+"""Alembic migrations shipped in the package, run at start-up and by ``retouch db upgrade``.
+
+Several processes may start at once against one PostgreSQL database; the upgrade runs inside
+one transaction that first takes a transaction-scoped advisory lock, so the second process
+waits and then finds the schema current. PostgreSQL DDL is transactional, so a failed
+migration leaves nothing half-done. On SQLite the transaction starts with ``BEGIN IMMEDIATE``,
+which serialises processes the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from retouch.accounting.db import Database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK_ID = 0x7265_746F_7563_68  # "retouch" in ASCII: any fixed bigint shared by all processes
+
+
+def alembic_config(database: Database) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option(
+        "sqlalchemy.url", database.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
+    return config
+
+
+def head_revision(database: Database) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(database)).get_current_head()
+
+
+def current_revision(database: Database) -> str | None:
+    def read(conn: Connection) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    return database.read_sync(read)
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    config = alembic_config(database)
+
+    def run(conn: Connection) -> None:
+        if not database.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)
+
+    database.write_sync(run)
