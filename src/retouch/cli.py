@@ -71,14 +71,23 @@ def serve(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(settings)
+    from retouch.accounting.database_gate import ServingRefused, database_gate, prepare_database
+
+    try:
+        has_keys = prepare_database(settings)
+    except ServingRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        raise click.ClickException(f"accounts database: {exc}") from None
+    app = build_app(settings, gate_factory=database_gate)
     served = ", ".join(
         f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
     )
     default = settings.default_model or settings.models[0].name
     click.echo(
         f"retouch {__version__} listening on http://{settings.host}:{settings.port} - "
-        f"models: {served}; OpenAI model names go to {default}",
+        f"models: {served}; OpenAI model names go to {default}; "
+        + ("API keys required" if has_keys else "no API keys: serving open"),
         err=True,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
@@ -91,6 +100,15 @@ def settings_doc() -> None:
 
     sys.stdout.write(render())
 
+
+def _add_account_commands() -> None:
+    from retouch.accounting.commands import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_account_commands()
 
 if __name__ == "__main__":
     main()

@@ -14,9 +14,7 @@ its tokens are known only when it finishes, so the last admitted requests may ov
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, RowMapping, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from retouch.accounting.keys import KeyLimits
@@ -77,12 +75,14 @@ def rate_headers(
 
 def _count(conn: Connection, key_id: str, start: int, images: int) -> tuple[int, int]:
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(rate_windows).values(key_id=key_id, window_start=start, requests=1, images=images)
-    stmt = stmt.on_conflict_do_update(
+    values = insert(rate_windows).values(
+        key_id=key_id, window_start=start, requests=1, images=images
+    )
+    stmt = values.on_conflict_do_update(
         index_elements=[rate_windows.c.key_id, rate_windows.c.window_start],
         set_={
             "requests": rate_windows.c.requests + 1,
-            "images": rate_windows.c.images + stmt.excluded.images,
+            "images": rate_windows.c.images + values.excluded.images,
         },
     ).returning(rate_windows.c.requests, rate_windows.c.images)
     row = conn.execute(stmt).one()
@@ -98,11 +98,11 @@ def _window(conn: Connection, key_id: str, start: int) -> tuple[int, int]:
     return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
 
-def _limits(row: Mapping[str, object]) -> KeyLimits:
+def _limits(row: RowMapping) -> KeyLimits:
     return KeyLimits(
-        requests_per_minute=row["requests_per_minute"],  # type: ignore[arg-type]
-        images_per_minute=row["images_per_minute"],  # type: ignore[arg-type]
-        token_quota=row["token_quota"],  # type: ignore[arg-type]
+        requests_per_minute=row["requests_per_minute"],
+        images_per_minute=row["images_per_minute"],
+        token_quota=row["token_quota"],
     )
 
 
