@@ -19,8 +19,10 @@ from retouch.api.app import build_app
 from retouch.config import ModelSettings, Settings, load_settings
 from tests.live import LiveServer
 
+# RETOUCH_TEST_* configure the test run itself (e.g. the PostgreSQL server), not retouch.
 for _var in [v for v in os.environ if v.startswith(("OPENAI_", "RETOUCH_"))]:
-    del os.environ[_var]
+    if not _var.startswith("RETOUCH_TEST_"):
+        del os.environ[_var]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -18,9 +18,16 @@ def test_settings_doc_is_current() -> None:
 
 
 def test_every_setting_has_a_description() -> None:
-    from retouch.config import Limits, ModelSettings, QueueSettings, Settings, StorageSettings
+    from retouch.config import (
+        AccountSettings,
+        Limits,
+        ModelSettings,
+        QueueSettings,
+        Settings,
+        StorageSettings,
+    )
 
-    for model in (Settings, Limits, QueueSettings, StorageSettings, ModelSettings):
+    for model in (Settings, Limits, QueueSettings, StorageSettings, ModelSettings, AccountSettings):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 

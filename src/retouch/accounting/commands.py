@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,13 +57,16 @@ def _where(db: Database) -> str:
     return f"{db.backend}: {db.url.render_as_string(hide_password=True)}"
 
 
-class _Limit(click.ParamType):
+_UNSET = "unset"
+
+
+class _Limit(click.ParamType):  # type: ignore[type-arg]
     """A positive integer, or ``none``/``unlimited`` to remove the limit."""
 
     name = "N|none"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) or value is None:
+        if isinstance(value, int) or value is None or value == _UNSET:
             return value
         if str(value).lower() in ("none", "unlimited"):
             return None
@@ -76,7 +79,6 @@ class _Limit(click.ParamType):
         return number
 
 
-_UNSET = "unset"
 _Positive = click.IntRange(min=1)
 
 
@@ -297,7 +299,7 @@ def usage(
     _table(rows)
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, RowMapping, exists, func, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, exists, func, select, update
 
 from retouch.accounting.tables import api_keys, rate_windows
 
@@ -132,27 +132,33 @@ def create_key(conn: Connection, name: str, limits: KeyLimits) -> tuple[KeyInfo,
     return KeyInfo(key_id, name, limits, 0, now, None), secret
 
 
+# Built once: the statements of the per-request path take bind parameters instead of being
+# rebuilt with literal values, which keeps SQLAlchemy's per-call work to a cache lookup.
+_VERIFY = (
+    select(
+        api_keys,
+        rate_windows.c.requests.label("window_requests"),
+        rate_windows.c.images.label("window_images"),
+    )
+    .select_from(
+        api_keys.outerjoin(
+            rate_windows,
+            (rate_windows.c.key_id == api_keys.c.id)
+            & (rate_windows.c.window_start == bindparam("window_start")),
+        )
+    )
+    .where(api_keys.c.prefix == bindparam("prefix"))
+)
+
+
 def verify(conn: Connection, secret: str, window_start: int) -> KeyLookup | None:
     """The key this secret belongs to (revoked or not), with the current minute's counters;
     None for an unknown or malformed secret."""
     prefix = lookup_prefix(secret)
     row = None
     if prefix is not None:
-        row = conn.execute(
-            select(
-                api_keys,
-                rate_windows.c.requests.label("window_requests"),
-                rate_windows.c.images.label("window_images"),
-            )
-            .select_from(
-                api_keys.outerjoin(
-                    rate_windows,
-                    (rate_windows.c.key_id == api_keys.c.id)
-                    & (rate_windows.c.window_start == window_start),
-                )
-            )
-            .where(api_keys.c.prefix == prefix)
-        ).mappings().first()
+        params = {"prefix": prefix, "window_start": window_start}
+        row = conn.execute(_VERIFY, params).mappings().first()
     # Compare even when nothing matched, so timing does not tell a known prefix apart.
     stored = row["secret_hash"] if row is not None else _DUMMY_HASH
     if not hmac.compare_digest(hash_secret(secret), stored) or row is None:
@@ -160,10 +166,13 @@ def verify(conn: Connection, secret: str, window_start: int) -> KeyLookup | None
     return KeyLookup(_info(row), row["window_requests"] or 0, row["window_images"] or 0)
 
 
+_ANY_KEY = select(exists().where(api_keys.c.id.is_not(None)))
+
+
 def any_key(conn: Connection) -> bool:
     """Whether a key was ever created (revoked ones count: revoking every key must not turn
     a server open)."""
-    return bool(conn.scalar(select(exists().where(api_keys.c.id.is_not(None)))))
+    return bool(conn.scalar(_ANY_KEY))
 
 
 def active_key_count(conn: Connection) -> int:

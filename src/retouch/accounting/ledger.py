@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import BigInteger, Connection, bindparam, case, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from retouch.accounting.gate import UsageQuery, UsageRecord
@@ -24,36 +24,44 @@ BUCKET_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
 BUCKET_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 
 
-def record(conn: Connection, rec: UsageRecord, *, now: int) -> bool:
-    """Insert the row for ``rec`` unless one exists; True if this call wrote it."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = (
+def _insert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
         insert(usage_records)
-        .values(
-            request_id=rec.request_id,
-            key_id=rec.key_id,
-            model=rec.model[:200],
-            status=rec.status,
-            input_images=rec.input_images,
-            output_images=rec.output_images,
-            text_tokens=rec.text_tokens,
-            image_tokens=rec.image_tokens,
-            output_tokens=rec.output_tokens,
-            total_tokens=rec.total_tokens,
-            latency_ms=rec.latency_ms,
-            end_user=rec.user[:200] if rec.user else None,
-            created_at=now,
-        )
         .on_conflict_do_nothing(index_elements=[usage_records.c.request_id])
         .returning(usage_records.c.id)
     )
-    inserted = conn.execute(stmt).first() is not None
+
+
+# Built once; the row's values are passed as parameters on each call.
+_INSERT = {name: _insert(name) for name in ("postgresql", "sqlite")}
+_CHARGE = (
+    update(api_keys)
+    .where(api_keys.c.id == bindparam("charged_key"))
+    .values(tokens_used=api_keys.c.tokens_used + bindparam("tokens", type_=BigInteger))
+)
+
+
+def record(conn: Connection, rec: UsageRecord, *, now: int) -> bool:
+    """Insert the row for ``rec`` unless one exists; True if this call wrote it."""
+    row = {
+        "request_id": rec.request_id,
+        "key_id": rec.key_id,
+        "model": rec.model[:200],
+        "status": rec.status,
+        "input_images": rec.input_images,
+        "output_images": rec.output_images,
+        "text_tokens": rec.text_tokens,
+        "image_tokens": rec.image_tokens,
+        "output_tokens": rec.output_tokens,
+        "total_tokens": rec.total_tokens,
+        "latency_ms": rec.latency_ms,
+        "end_user": rec.user[:200] if rec.user else None,
+        "created_at": now,
+    }
+    inserted = conn.execute(_INSERT[conn.dialect.name], row).first() is not None
     if inserted and rec.key_id is not None and rec.total_tokens:
-        conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == rec.key_id)
-            .values(tokens_used=api_keys.c.tokens_used + rec.total_tokens)
-        )
+        conn.execute(_CHARGE, {"charged_key": rec.key_id, "tokens": rec.total_tokens})
     return inserted
 
 
@@ -96,7 +104,7 @@ def daily_usage(conn: Connection, *, since: int, key_id: str | None = None) -> l
         .select_from(usage_records.outerjoin(api_keys, api_keys.c.id == usage_records.c.key_id))
         .where(usage_records.c.created_at >= since)
         .group_by(day, usage_records.c.key_id, api_keys.c.name)
-        .order_by(day, usage_records.c.key_id)
+        .order_by(day, api_keys.c.name, usage_records.c.key_id)
     )
     if key_id is not None:
         query = query.where(usage_records.c.key_id == key_id)

@@ -14,7 +14,9 @@ its tokens are known only when it finishes, so the last admitted requests may ov
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, RowMapping, delete, select
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from retouch.accounting.keys import KeyLimits
@@ -73,28 +75,47 @@ def rate_headers(
     return headers
 
 
-def _count(conn: Connection, key_id: str, start: int, images: int) -> tuple[int, int]:
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+def _upsert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     values = insert(rate_windows).values(
-        key_id=key_id, window_start=start, requests=1, images=images
+        key_id=bindparam("key_id"),
+        window_start=bindparam("window_start"),
+        requests=1,
+        images=bindparam("images"),
     )
-    stmt = values.on_conflict_do_update(
+    return values.on_conflict_do_update(
         index_elements=[rate_windows.c.key_id, rate_windows.c.window_start],
         set_={
             "requests": rate_windows.c.requests + 1,
             "images": rate_windows.c.images + values.excluded.images,
         },
     ).returning(rate_windows.c.requests, rate_windows.c.images)
-    row = conn.execute(stmt).one()
+
+
+# Built once with bind parameters: per call, SQLAlchemy only looks the compiled form up.
+_UPSERT = {name: _upsert(name) for name in ("postgresql", "sqlite")}
+_WINDOW = select(rate_windows.c.requests, rate_windows.c.images).where(
+    rate_windows.c.key_id == bindparam("key_id"),
+    rate_windows.c.window_start == bindparam("window_start"),
+)
+_KEY_LIMITS = select(
+    api_keys.c.name,
+    api_keys.c.requests_per_minute,
+    api_keys.c.images_per_minute,
+    api_keys.c.token_quota,
+    api_keys.c.tokens_used,
+    api_keys.c.revoked_at,
+).where(api_keys.c.id == bindparam("key_id"))
+
+
+def _count(conn: Connection, key_id: str, start: int, images: int) -> tuple[int, int]:
+    params = {"key_id": key_id, "window_start": start, "images": images}
+    row = conn.execute(_UPSERT[conn.dialect.name], params).one()
     return int(row[0]), int(row[1])
 
 
 def _window(conn: Connection, key_id: str, start: int) -> tuple[int, int]:
-    row = conn.execute(
-        select(rate_windows.c.requests, rate_windows.c.images).where(
-            rate_windows.c.key_id == key_id, rate_windows.c.window_start == start
-        )
-    ).first()
+    row = conn.execute(_WINDOW, {"key_id": key_id, "window_start": start}).first()
     return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
 
@@ -109,16 +130,7 @@ def _limits(row: RowMapping) -> KeyLimits:
 def admit(conn: Connection, key_id: str, *, images: int, now: float) -> dict[str, str]:
     """Count one request of ``images`` output images against the key; run in a write
     transaction. Returns the ``x-ratelimit-*`` headers, or raises (and so rolls back)."""
-    row = conn.execute(
-        select(
-            api_keys.c.name,
-            api_keys.c.requests_per_minute,
-            api_keys.c.images_per_minute,
-            api_keys.c.token_quota,
-            api_keys.c.tokens_used,
-            api_keys.c.revoked_at,
-        ).where(api_keys.c.id == key_id)
-    ).mappings().first()
+    row = conn.execute(_KEY_LIMITS, {"key_id": key_id}).mappings().first()
     if row is None or row["revoked_at"] is not None:  # revoked between authenticate and now
         raise AuthenticationFailed("This API key has been revoked.")
     limits = _limits(row)

@@ -9,6 +9,7 @@ which serialises processes the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -43,13 +44,22 @@ def current_revision(database: Database) -> str | None:
     return database.read_sync(read)
 
 
-def upgrade(database: Database, revision: str = "head") -> None:
+def _locked(database: Database, step: Callable[[Config], None]) -> None:
     config = alembic_config(database)
 
     def run(conn: Connection) -> None:
         if not database.is_sqlite:
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
         config.attributes["connection"] = conn
-        command.upgrade(config, revision)
+        step(config)
 
     database.write_sync(run)
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    _locked(database, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(database: Database, revision: str) -> None:
+    """For tests and operators going back a version (``base`` drops every table)."""
+    _locked(database, lambda config: command.downgrade(config, revision))

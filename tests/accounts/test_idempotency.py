@@ -1,0 +1,136 @@
+"""``Idempotency-Key``: a retry with the same key and body is answered, not run and billed again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import pytest
+
+from retouch.engine.echo import EchoEngine
+from tests.accounts.conftest import Accounts, sdk_for
+from tests.conftest import Harness, echo_models, encode_image, gradient
+
+pytestmark = pytest.mark.anyio
+
+SRC = encode_image(gradient((32, 32)))
+OTHER = encode_image(gradient((40, 32)))
+
+
+def _edit_raw(sdk: openai.AsyncOpenAI, key: str | None, image: bytes = SRC, **kw: Any) -> Any:
+    headers = {"Idempotency-Key": key} if key else {}
+    return sdk.images.with_raw_response.edit(
+        model="echo", image=("a.png", image, "image/png"), prompt="x", extra_headers=headers, **kw
+    )
+
+
+async def test_retry_gets_the_first_result(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key(requests_per_minute=10)
+    engine = EchoEngine("echo")
+    h: Harness = await harness_factory(
+        accounts.settings(), engines={"echo": engine}, gate_factory=accounts.gate
+    )
+    sdk = sdk_for(h, secret)
+
+    first = await _edit_raw(sdk, "retry-1")
+    second = await _edit_raw(sdk, "retry-1")
+    assert second.http_response.content == first.http_response.content
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert engine.runs == 1
+    assert len(accounts.rows()) == 1  # billed once
+    # A replay is not a new request for the rate limit either.
+    assert second.headers["x-ratelimit-remaining-requests"] == "9"
+
+    # Without the header, or with a fresh key, the same upload runs again.
+    await _edit_raw(sdk, None)
+    await _edit_raw(sdk, "retry-2")
+    assert engine.runs == 3
+    assert len(accounts.rows()) == 3
+
+
+async def test_keys_are_per_api_key_and_bound_to_the_body(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, alice = accounts.create_key("alice")
+    _, bob = accounts.create_key("bob")
+    engine = EchoEngine("echo")
+    h: Harness = await harness_factory(
+        accounts.settings(), engines={"echo": engine}, gate_factory=accounts.gate
+    )
+    await _edit_raw(sdk_for(h, alice), "k")
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        await _edit_raw(sdk_for(h, alice), "k", OTHER)
+    assert err.value.code == "idempotency_key_reused"
+    with pytest.raises(openai.UnprocessableEntityError):  # text fields count too
+        await _edit_raw(sdk_for(h, alice), "k", quality="low")
+    # Bob's "k" is his own: it runs.
+    replayed = await _edit_raw(sdk_for(h, bob), "k")
+    assert "idempotent-replayed" not in replayed.headers
+    assert engine.runs == 2
+
+
+async def test_failed_request_frees_its_key(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo", {"fail": True})
+    h: Harness = await harness_factory(
+        accounts.settings(models=echo_models(fail=True)), engines={"echo": engine},
+        gate_factory=accounts.gate,
+    )  # fmt: skip
+    sdk = sdk_for(h, secret)
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await _edit_raw(sdk, "flaky")
+    assert engine.runs == 2  # the retry ran: a failure is not kept
+    assert [r["status"] for r in accounts.rows()] == [500, 500]
+
+    with pytest.raises(openai.BadRequestError):  # a 4xx is not kept either
+        await _edit_raw(sdk, "bad", quality="ultra")
+    with pytest.raises(openai.BadRequestError):
+        await _edit_raw(sdk, "bad", quality="ultra")
+
+
+async def test_in_flight_duplicate_gets_409_then_the_result(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo", {"delay_s": 0.6})
+    h: Harness = await harness_factory(
+        accounts.settings(), engines={"echo": engine}, gate_factory=accounts.gate
+    )
+    sdk = sdk_for(h, secret)
+    first = asyncio.ensure_future(_edit_raw(sdk, "slow"))
+    while engine.runs == 0:
+        await asyncio.sleep(0.01)
+    with pytest.raises(openai.ConflictError) as err:
+        await _edit_raw(sdk, "slow")
+    assert err.value.code == "idempotency_key_in_use"
+    assert "retry-after" in err.value.response.headers
+    done = await first
+    later = await _edit_raw(sdk, "slow")
+    assert later.http_response.content == done.http_response.content
+    assert engine.runs == 1
+
+
+async def test_kept_responses_expire(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo")
+    settings = accounts.settings(accounts={"idempotency_ttl_s": 600})
+    h: Harness = await harness_factory(settings, engines={"echo": engine}, gate_factory=accounts.gate)
+    sdk = sdk_for(h, secret)
+    await _edit_raw(sdk, "ttl")
+    accounts.clock.advance(599)
+    await _edit_raw(sdk, "ttl")
+    assert engine.runs == 1
+    accounts.clock.advance(2)
+    assert await accounts.gates[-1].sweep() >= 1  # the sweeper deletes what expired
+    await _edit_raw(sdk, "ttl")
+    assert engine.runs == 2
