@@ -7,6 +7,7 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import text
 
 from retouch.accounting.database_gate import DatabaseGate, ServingRefused
 from retouch.config import ModelSettings
@@ -134,3 +135,16 @@ async def test_signed_blob_links_need_no_bearer(
     assert blob.headers["content-type"] == "image/png"
     tampered = await h.http.get(url.replace("sig=", "sig=x"))
     assert tampered.status_code == 403
+
+
+async def test_database_outage_is_a_retryable_503(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key()
+    h: Harness = await harness_factory(accounts.settings(), gate_factory=accounts.gate)
+    accounts.db.write_sync(lambda conn: conn.execute(text("DROP TABLE rate_windows")))
+    with pytest.raises(openai.InternalServerError) as err:
+        await sdk_for(h, secret).models.list()
+    assert err.value.status_code == 503
+    assert err.value.code == "accounts_unavailable"
+    assert err.value.response.headers["retry-after"] == "2"

@@ -134,3 +134,19 @@ async def test_kept_responses_expire(
     assert await accounts.gates[-1].sweep() >= 1  # the sweeper deletes what expired
     await _edit_raw(sdk, "ttl")
     assert engine.runs == 2
+
+
+async def test_streams_are_not_kept(accounts: Accounts, harness_factory: Callable[..., Any]) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo")
+    h: Harness = await harness_factory(
+        accounts.settings(), engines={"echo": engine}, gate_factory=accounts.gate
+    )
+    for _ in range(2):
+        stream = await sdk_for(h, secret).images.edit(
+            model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True,
+            extra_headers={"Idempotency-Key": "streamed"},
+        )  # fmt: skip
+        assert [e.type async for e in stream][-1] == "image_edit.completed"
+    assert engine.runs == 2  # the key was released, not held until its lease ran out
+    assert [r["status"] for r in accounts.rows()] == [200, 200]

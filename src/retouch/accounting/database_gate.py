@@ -12,17 +12,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from retouch.accounting import idempotency, keys, ledger, limits, migrate
 from retouch.accounting.db import Database
 from retouch.accounting.gate import Principal, StoredResponse, UsageQuery, UsageRecord
 from retouch.config import Settings
-from retouch.errors import AuthenticationFailed, InvalidValue, NotFound
+from retouch.errors import (
+    AuthenticationFailed,
+    InvalidValue,
+    NotFound,
+    ServiceUnavailable,
+    retry_after_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,20 @@ def _bearer(authorization: str | None) -> str:
     return token.strip()
 
 
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    """A database that cannot be reached is a 503 the SDK retries after a pause, not a 500."""
+    try:
+        yield
+    except (DBAPIError, SQLAlchemyTimeout) as exc:
+        log.error("accounts database error: %s", exc)
+        raise ServiceUnavailable(
+            "The accounts database is unavailable; retry shortly.",
+            code="accounts_unavailable",
+            headers=retry_after_headers(2.0),
+        ) from None
+
+
 class DatabaseGate:
     def __init__(
         self,
@@ -116,14 +137,15 @@ class DatabaseGate:
     # -- Gate -----------------------------------------------------------------------------------
 
     async def authenticate(self, authorization: str | None) -> Principal:
-        if self.open_mode:
-            if not await self.db.read(keys.any_key):
-                return OPEN_PRINCIPAL
-            self.open_mode = False
-            log.warning("an API key exists now: every /v1 request needs one from here on")
-        secret = _bearer(authorization)
-        now = self._clock()
-        found = await self.db.read(keys.verify, secret, limits.window_start(now))
+        with _database_errors():
+            if self.open_mode:
+                if not await self.db.read(keys.any_key):
+                    return OPEN_PRINCIPAL
+                self.open_mode = False
+                log.warning("an API key exists now: every /v1 request needs one from here on")
+            secret = _bearer(authorization)
+            now = self._clock()
+            found = await self.db.read(keys.verify, secret, limits.window_start(now))
         if found is None:
             raise AuthenticationFailed(
                 f"Incorrect API key provided: {keys.redact(secret)}.", headers=_AUTH_HEADERS
@@ -156,7 +178,10 @@ class DatabaseGate:
             )
         if principal.key_id is None:
             return {}
-        return await self.db.write(limits.admit, principal.key_id, images=images, now=self._clock())
+        with _database_errors():
+            return await self.db.write(
+                limits.admit, principal.key_id, images=images, now=self._clock()
+            )
 
     async def record(self, record: UsageRecord) -> None:
         # The insert is idempotent by request id, so a write that failed on a lost connection
@@ -179,10 +204,11 @@ class DatabaseGate:
                 f"Invalid Idempotency-Key: at most {idempotency.MAX_KEY_LENGTH} characters.",
                 code="invalid_idempotency_key",
             )
-        return await self.db.write(
-            idempotency.claim, principal.key_id or "", key, fingerprint, now=int(self._clock()),
-            ttl_s=self.settings.accounts.idempotency_ttl_s,
-        )  # fmt: skip
+        with _database_errors():
+            return await self.db.write(
+                idempotency.claim, principal.key_id or "", key, fingerprint,
+                now=int(self._clock()), ttl_s=self.settings.accounts.idempotency_ttl_s,
+            )  # fmt: skip
 
     async def remember(
         self, principal: Principal, key: str, fingerprint: str, response: StoredResponse
@@ -201,9 +227,10 @@ class DatabaseGate:
         await self.db.write(idempotency.release, principal.key_id or "", key)
 
     async def usage(self, principal: Principal, query: UsageQuery) -> dict[str, Any]:
-        return await self.db.read(
-            ledger.images_usage, principal.key_id, query, now=int(self._clock())
-        )
+        with _database_errors():
+            return await self.db.read(
+                ledger.images_usage, principal.key_id, query, now=int(self._clock())
+            )
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from retouch.accounting.db import Database
 
@@ -56,8 +56,22 @@ def _locked(database: Database, step: Callable[[Config], None]) -> None:
     database.write_sync(run)
 
 
+def _version(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    version = conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return None if version is None else str(version)
+
+
 def upgrade(database: Database, revision: str = "head") -> None:
-    _locked(database, lambda config: command.upgrade(config, revision))
+    """Bring the schema to ``revision``; a no-op (and silent) when it is there already."""
+    head = head_revision(database) if revision == "head" else revision
+
+    def step(config: Config) -> None:
+        if _version(config.attributes["connection"]) != head:
+            command.upgrade(config, revision)
+
+    _locked(database, step)
 
 
 def downgrade(database: Database, revision: str) -> None:
