@@ -98,12 +98,21 @@ class Accounts:
     def revoke(self, key_id: str) -> None:
         self.db.write_sync(keys.revoke_key, key_id)
 
-    def rows(self) -> list[RowMapping]:
+    def rows(self, *, fresh: bool = False) -> list[RowMapping]:
+        """The ledger, in insertion order; ``fresh`` reads through a newly opened database
+        (after a crash, say) instead of the long-lived helper connection."""
+
         def read(conn: Connection) -> list[RowMapping]:
             stmt = select(usage_records).order_by(usage_records.c.id)
             return list(conn.execute(stmt).mappings().all())
 
-        return self.db.read_sync(read)
+        if not fresh:
+            return self.db.read_sync(read)
+        db = Database.from_settings(self.settings())
+        try:
+            return db.read_sync(read)
+        finally:
+            db.close()
 
     async def gate(self, settings: Settings) -> DatabaseGate:
         """A ``gate_factory`` for ``build_app``: the database gate on the test clock."""

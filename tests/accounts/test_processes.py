@@ -14,7 +14,6 @@ from pathlib import Path
 import openai
 import pytest
 
-from retouch.accounting.db import Database
 from tests.accounts.conftest import Accounts
 from tests.accounts.processes import ServeProcess
 from tests.conftest import encode_image, gradient
@@ -65,12 +64,6 @@ def test_two_servers_share_counts_keys_and_survive_kill_9(
             server.stop()
 
     # Every response a client received has its row, written before the response went out.
-    fresh = Database.from_settings(accounts.settings())
-    try:
-        accounts._db, old = fresh, accounts._db
-        rows = accounts.rows()
-    finally:
-        accounts._db = old
-        fresh.close()
+    rows = accounts.rows(fresh=True)
     assert sorted(r["request_id"] for r in rows) == served
     assert {(r["key_id"], r["status"]) for r in rows} == {(key.id, 200)}

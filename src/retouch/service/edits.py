@@ -103,7 +103,10 @@ class EditService:
             job, sizes = await self._off_loop(self._decode, form, params)
             await self._off_loop(worker.engine.check, job)
         except BaseException as exc:  # admitted (and counted), so it gets its ledger row
-            status = exc.status if isinstance(exc, RetouchError) else 500
+            if isinstance(exc, RetouchError):
+                status = exc.status
+            else:
+                status = 499 if isinstance(exc, asyncio.CancelledError) else 500
             await self._write_record(
                 UsageRecord(
                     request_id=request_id, key_id=principal.key_id, model=params.model,
