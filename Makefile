@@ -24,7 +24,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest
+	bash .ci/with-postgres.sh $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
