@@ -45,8 +45,9 @@ def echo_models(**options: Any) -> list[ModelSettings]:
 class Harness:
     """An app running in-process with its lifespan, and SDK/raw clients bound to it."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, starlette: Any | None = None) -> None:
         self.app = app
+        self._starlette = starlette if starlette is not None else app  # holds .state
         transport = httpx2.ASGITransport(app=app)
         self.http = httpx2.AsyncClient(transport=transport, base_url="http://retouch.test")
         self.sdk = openai.AsyncOpenAI(
@@ -56,7 +57,7 @@ class Harness:
 
     @property
     def services(self) -> Any:
-        return self.app.state.services
+        return self._starlette.state.services
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ async def harness_factory() -> AsyncIterator[Callable[..., Any]]:
         manager = LifespanManager(app, startup_timeout=60)
         await manager.__aenter__()
         managers.append(manager)
-        return Harness(manager.app)
+        return Harness(manager.app, app)
 
     yield start
     for manager in reversed(managers):
