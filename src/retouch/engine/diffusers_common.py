@@ -160,8 +160,8 @@ def generation_size(
         scale = math.sqrt(max_pixels / pixels)
     elif pixels < min_pixels:
         scale = math.sqrt(min_pixels / pixels)
-    gw = max(multiple, int(round(w * scale / multiple)) * multiple)
-    gh = max(multiple, int(round(h * scale / multiple)) * multiple)
+    gw = max(multiple, int(w * scale / multiple + 0.5) * multiple)  # half up, not to even
+    gh = max(multiple, int(h * scale / multiple + 0.5) * multiple)
     while gw * gh > max_pixels and (gw > multiple or gh > multiple):  # rounding went over
         if gw >= gh:
             gw -= multiple

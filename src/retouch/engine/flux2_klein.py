@@ -59,7 +59,8 @@ class Flux2KleinEngine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
 
-        self.pipe = Flux2KleinPipeline.from_pretrained(
+        loader: Any = Flux2KleinPipeline
+        self.pipe = loader.from_pretrained(
             folder, dtype=self.dtype, local_files_only=True
         )
         place(self.pipe, self.model, self.device)

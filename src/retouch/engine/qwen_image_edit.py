@@ -57,17 +57,17 @@ def image_only_processor(folder: Path) -> Any:
     """
     from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor
 
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):  # type: ignore[misc]
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
         """Skips the type check of the absent video processor; images work unchanged."""
 
         def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
             if argument_name == "video_processor" and argument is None:
                 return None
-            return super().check_argument_for_proper_class(argument_name, argument)
+            return super().check_argument_for_proper_class(argument_name, argument)  # type: ignore[no-untyped-call]
 
     processor_dir = folder / "processor"
     tokenizer_dir = processor_dir if (processor_dir / "tokenizer_config.json").is_file() else folder / "tokenizer"
-    return ImageOnlyQwen2VLProcessor(
+    return ImageOnlyQwen2VLProcessor(  # type: ignore[no-untyped-call]
         image_processor=Qwen2VLImageProcessor.from_pretrained(processor_dir),
         tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
         video_processor=None,
@@ -84,7 +84,8 @@ class QwenImageEditEngine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import QwenImageEditInpaintPipeline, QwenImageEditPlusPipeline
 
-        self.pipe = QwenImageEditPlusPipeline.from_pretrained(
+        loader: Any = QwenImageEditPlusPipeline
+        self.pipe = loader.from_pretrained(
             folder, processor=image_only_processor(folder), dtype=self.dtype, local_files_only=True
         )
         place(self.pipe, self.model, self.device)

@@ -54,7 +54,8 @@ class SDInpaintEngine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import StableDiffusionInpaintPipeline
 
-        self.pipe = StableDiffusionInpaintPipeline.from_pretrained(
+        loader: Any = StableDiffusionInpaintPipeline
+        self.pipe = loader.from_pretrained(
             folder, dtype=self.dtype, local_files_only=True,
             safety_checker=None, requires_safety_checker=False,
         )  # fmt: skip
