@@ -109,7 +109,9 @@ def tiny_sd_inpaint(root: Path) -> Any:
     )  # fmt: skip
 
 
-def tiny_klein(root: Path) -> Any:
+def tiny_klein(root: Path, *, vae_levels: int = 1, layers: int = 1, heads: int = 2) -> Any:
+    """``vae_levels`` 4 gives the real 8x VAE downsampling (the benchmark's 512x512 stays at
+    1024 tokens); 1 keeps 64x64 test images cheap."""
     from diffusers import (
         AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
@@ -119,10 +121,12 @@ def tiny_klein(root: Path) -> Any:
 
     tok = qwen_tokenizer(root / "qwen-tok")
     torch.manual_seed(0)
+    latent_channels = 1 if vae_levels == 1 else 4
     transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, num_attention_heads=2,
-        attention_head_dim=16, joint_attention_dim=16, timestep_guidance_channels=256,
-        axes_dims_rope=[4, 4, 4, 4], guidance_embeds=False,
+        patch_size=1, in_channels=4 * latent_channels, num_layers=layers,
+        num_single_layers=layers, num_attention_heads=heads, attention_head_dim=16,
+        joint_attention_dim=16, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
     )  # fmt: skip
     text_encoder = Qwen3ForCausalLM(
         Qwen3Config(
@@ -131,10 +135,11 @@ def tiny_klein(root: Path) -> Any:
         )
     )  # fmt: skip
     vae = AutoencoderKLFlux2(
-        in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(4,),
-        layers_per_block=1, down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",), norm_num_groups=1, use_quant_conv=False,
-        use_post_quant_conv=False, sample_size=32,
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=(4,) * vae_levels, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels, norm_num_groups=1,
+        use_quant_conv=False, use_post_quant_conv=False, sample_size=32,
     )  # fmt: skip
     return Flux2KleinPipeline(
         transformer=transformer, text_encoder=text_encoder, tokenizer=tok, vae=vae,
@@ -186,8 +191,8 @@ def tiny_qwen_edit_plus(root: Path) -> Any:
     )  # fmt: skip
 
 
-def save_tiny_klein(root: Path) -> Path:
-    tiny_klein(root).save_pretrained(root / "klein")
+def save_tiny_klein(root: Path, **sizes: int) -> Path:
+    tiny_klein(root, **sizes).save_pretrained(root / "klein")
     return root / "klein"
 
 

@@ -57,16 +57,24 @@ class Flux2KleinEngine(DiffusersEngine):
     inpaint: Any = None
 
     def _load_pipelines(self, folder: Path) -> None:
-        from diffusers import Flux2KleinInpaintPipeline, Flux2KleinPipeline
+        from diffusers import Flux2KleinPipeline
 
         loader: Any = Flux2KleinPipeline
-        self.pipe = loader.from_pretrained(
-            folder, dtype=self.dtype, local_files_only=True
-        )
-        place(self.pipe, self.model, self.device)
-        accelerate(self.pipe.transformer, self.options, self.model.name)
-        # Shares every module with self.pipe: masks cost no memory.
-        self.inpaint = Flux2KleinInpaintPipeline.from_pipe(self.pipe)
+        pipe = loader.from_pretrained(folder, dtype=self.dtype, local_files_only=True)
+        place(pipe, self.model, self.device)
+        self.adopt(pipe)
+
+    def adopt(self, pipe: Any) -> None:
+        """Serve an already placed ``Flux2KleinPipeline`` (``load`` and the GPU benchmark, which
+        builds its weights in memory): applies the options' accelerations, builds the
+        inpaint pipeline."""
+        from diffusers import Flux2KleinInpaintPipeline
+
+        accelerate(pipe.transformer, self.options, self.model.name)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+        # Shares every module with the edit pipeline: masks cost no memory.
+        self.inpaint = Flux2KleinInpaintPipeline.from_pipe(pipe)
         self.inpaint.set_progress_bar_config(disable=True)
 
     def _release_pipelines(self) -> None:
