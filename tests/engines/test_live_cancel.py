@@ -63,19 +63,25 @@ def live_klein(make_settings: Callable[..., Settings], klein_weights: Path) -> I
         yield server
 
 
-async def test_disconnect_stops_the_engine_at_the_next_step(
-    live_klein: LiveServer, gate: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    worker = live_klein.worker("klein")
-    engine = worker.engine
-    cancel_seen = threading.Event()
+@pytest.fixture
+def cancel_seen(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set when the server cancels a job (the scheduler's ``JobProgress.cancel``)."""
+    seen = threading.Event()
     cancel = JobProgress.cancel
 
     def cancel_and_signal(self: JobProgress) -> None:
         cancel(self)
-        cancel_seen.set()
+        seen.set()
 
     monkeypatch.setattr(JobProgress, "cancel", cancel_and_signal)
+    return seen
+
+
+async def test_disconnect_stops_the_engine_at_the_next_step(
+    live_klein: LiveServer, gate: Callable[..., Any], cancel_seen: threading.Event
+) -> None:
+    worker = live_klein.worker("klein")
+    engine = worker.engine
     # Step 3 waits until the server has cancelled the job, so the outcome does not depend on
     # how fast the disconnect travels; without cancellation it would go on to step 8.
     held = gate(engine.pipe.transformer, hold_from=3)
@@ -100,4 +106,32 @@ async def test_disconnect_stops_the_engine_at_the_next_step(
     # Cancelled before step 3 began (2 steps) or while it was held (3): steps 4-8 never ran.
     assert held.calls == engine.steps_run
     assert 2 <= engine.steps_run <= 3
+    await client.close()
+
+
+async def test_a_client_that_gives_up_on_a_plain_request_frees_the_model(
+    live_klein: LiveServer, gate: Callable[..., Any], cancel_seen: threading.Event
+) -> None:
+    worker = live_klein.worker("klein")
+    held = gate(worker.engine.pipe.transformer, hold_from=1)
+    held.release = cancel_seen  # step 1 runs only once the server has cancelled the job
+
+    impatient = openai.AsyncOpenAI(
+        api_key="sk-test", base_url=live_klein.url, max_retries=0, timeout=1.0
+    )
+    with pytest.raises(openai.APITimeoutError):
+        await impatient.images.edit(model="klein", image=png(), prompt="x")
+    assert await asyncio.to_thread(cancel_seen.wait, 30)
+    for _ in range(600):
+        if worker.running == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert worker.engine.cancelled_runs == 1
+    assert worker.engine.steps_run == 1  # stopped after the step that was in flight
+    # The model is free again: the next request is served in full.
+    client = openai.AsyncOpenAI(api_key="sk-test", base_url=live_klein.url, max_retries=0)
+    result = await client.images.edit(model="klein", image=png(), prompt="x")
+    assert len(result.data) == 1
+    assert worker.engine.steps_run == 1 + STEPS
+    await impatient.close()
     await client.close()
