@@ -84,3 +84,13 @@ async def test_unknown_option_and_several_workers_are_refused(
         model("klein", "flux2-klein", klein_weights, KLEIN_OPTIONS, workers=2),
     )  # fmt: skip
     assert "workers = 1" in message
+
+
+async def test_warmup_sizes_run_before_the_first_request(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], klein_weights: Path
+) -> None:
+    h = await serve(
+        harness_factory, make_settings,
+        model("klein", "flux2-klein", klein_weights, {**KLEIN_OPTIONS, "warmup_sizes": ["64x48"]}),
+    )  # fmt: skip
+    assert h.services.workers["klein"].engine.steps_run == 4  # one 4-step edit at start-up

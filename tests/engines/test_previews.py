@@ -72,3 +72,15 @@ def test_flow_x0_recovers_the_clean_sample_after_an_euler_step(start: int) -> No
         x_next = scheduler.step(velocity, t, x, return_dict=False)[0]
         assert torch.allclose(flow_x0(scheduler, x_next, x), x0, atol=1e-5)
         x = x_next
+
+
+def test_options_are_checked_at_start_up() -> None:
+    from pydantic import ValidationError
+
+    from retouch.engine.diffusers_common import EngineOptions
+
+    assert EngineOptions.model_validate({"compile": True}).compile == "blocks"
+    with pytest.raises(ValidationError):
+        EngineOptions.model_validate({"warmup_sizes": ["1024"]})
+    with pytest.raises(ValidationError):
+        EngineOptions.model_validate({"quantize": "fp4"})

@@ -102,6 +102,15 @@ class EngineOptions(BaseModel):
     def _compile_true(cls, value: Any) -> Any:
         return "blocks" if value is True else value
 
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            w, x, h = size.partition("x")
+            if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+                raise ValueError(f"warmup size {size!r} is not WIDTHxHEIGHT")
+        return sizes
+
 
 @dataclass(frozen=True)
 class FamilyDefaults:
