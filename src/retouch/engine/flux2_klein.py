@@ -102,7 +102,6 @@ class Flux2KleinEngine(DiffusersEngine):
 
         # 2. Inputs: the start image at the generation size (masked path); references keep
         #    their aspect, shrunk to their pixel budget.
-        first = pil_rgb(job.images[0], plan.size)
         references = self.references(job, start=1 if masked else 0, min_side=REFERENCE_MIN_SIDE)
 
         # 3. The hooks: cancellation before every step, step count, partial images.
@@ -132,7 +131,7 @@ class Flux2KleinEngine(DiffusersEngine):
         with tap.watching(pipe.transformer):
             if masked:
                 result = pipe(
-                    image=first,
+                    image=pil_rgb(job.images[0], plan.size),
                     mask_image=diffusers_mask(job.mask, plan.size),
                     image_reference=references or None,
                     strength=strength,
