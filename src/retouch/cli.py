@@ -93,6 +93,50 @@ def serve(
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
+@main.group()
+def models() -> None:
+    """Model weights (generative engines)."""
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML config file.")
+@click.option("--model", "model_flags", multiple=True, help="NAME=ENGINE[:WEIGHTS]; repeatable.")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision: str | None) -> None:
+    """Download the weights of the configured model NAME (or a hub id) into the local
+    Hugging Face cache, so that 'retouch serve' starts without network access."""
+    from retouch.engine.weights import is_local, pull_weights, weights_id
+
+    settings = build_settings(config, model_flags)
+    configured = {n: m for m in settings.models for n in (m.name, *m.aliases)}
+    if name in configured:
+        model = configured[name]
+        if model.engine in ("classic", "echo"):
+            raise click.ClickException(f"model {name!r} ({model.engine}) has no weights to pull")
+        try:
+            weights = weights_id(model)
+        except Exception as exc:
+            raise click.ClickException(str(exc)) from None
+        if is_local(weights):
+            click.echo(f"model {name!r} uses the local folder {weights}; nothing to download")
+            return
+    elif "/" in name:
+        weights = name
+    else:
+        known = ", ".join(sorted(configured)) or "none"
+        raise click.ClickException(
+            f"no configured model named {name!r} (configured: {known}); pass --config or "
+            "--model as for 'retouch serve', or a hub id such as black-forest-labs/FLUX.2-klein-4B"
+        )
+    click.echo(f"downloading {weights} ...", err=True)
+    try:
+        folder = pull_weights(weights, revision=revision)
+    except Exception as exc:
+        raise click.ClickException(f"could not download {weights!r}: {exc}") from None
+    click.echo(f"{weights} is in {folder}")
+
+
 @main.command("settings-doc")
 def settings_doc() -> None:
     """Print the settings reference (docs/settings.md)."""

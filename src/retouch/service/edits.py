@@ -330,6 +330,7 @@ class EditService:
         )
         status, usage, produced, partials = 499, None, 0, 0
         keepalive = self.settings.queue.keepalive_s
+        getter: asyncio.Future[tuple[Pixels, int]] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -374,6 +375,8 @@ class EditService:
                  "param": None, "code": "internal_error"}
             )  # fmt: skip
         finally:
+            if getter is not None and not getter.done():  # a client that left mid-wait
+                getter.cancel()
             if not task.done():
                 task.cancel()
             await self._record(p, status, usage, produced)

@@ -1,0 +1,465 @@
+"""What the diffusers engines share: options, device and dtype, loading, pixels in and out.
+
+Each family module (``flux2_klein``, ``qwen_image_edit``, ``sd_inpaint``) subclasses
+``DiffusersEngine`` and writes its own ``_load_pipelines`` and ``_generate`` as plain numbered
+steps; everything here is the part that is identical for all three:
+
+* ``EngineOptions``: the engine-specific keys of ``ModelSettings.options``, validated at start-up;
+* device / dtype resolution, weights resolution and the start-up errors that name the fix;
+* OpenAI parameters -> a ``Plan`` (steps, guidance, strength, generation size);
+* pixels: RGB inputs at the generation size, OpenAI's mask as a diffusers mask (white =
+  repaint), and the exact composite that keeps every pixel outside the edit area;
+* one job at a time per pipeline, cancellation counters, and GPU out-of-memory as a clean 500.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from retouch.config import ModelSettings
+from retouch.engine.types import (
+    EditJob,
+    EditOutput,
+    EngineInfo,
+    EngineLoadError,
+    Pixels,
+    Progress,
+    Quality,
+)
+from retouch.engine.weights import resolve_weights
+from retouch.errors import Cancelled, EngineFailed
+from retouch.imaging.encode import fit, flatten
+
+log = logging.getLogger(__name__)
+
+SIZE_MULTIPLE = 16
+"""Every family packs 2x2 latent patches over an 8x VAE: sides must be multiples of 16."""
+
+
+class EngineOptions(BaseModel):
+    """Keys of ``ModelSettings.options`` understood by the diffusers engines (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: int | dict[Quality, int] | None = Field(
+        None, description="Denoising steps: one number, or per quality {low, medium, high}."
+    )
+    guidance_scale: float | None = Field(
+        None, description="Guidance (klein: 1.0 for the distilled model; SD: CFG scale)."
+    )
+    true_cfg_scale: float | None = Field(None, description="Qwen: true CFG scale (1 = off).")
+    negative_prompt: str | None = Field(None, description="Qwen / SD: negative prompt.")
+    high_fidelity_strength: float | None = Field(
+        None, gt=0, le=1, description="Strength used for input_fidelity=high (lower keeps more)."
+    )
+    max_pixels: int | None = Field(None, gt=0, description="Largest generation size in pixels.")
+    min_pixels: int | None = Field(None, ge=0, description="Smallest generation size in pixels.")
+    reference_max_pixels: int | None = Field(
+        None, gt=0, description="Reference images are shrunk to at most this many pixels."
+    )
+    max_images: int | None = Field(None, ge=1, description="Most input images per request.")
+    max_sequence_length: int | None = Field(None, gt=0, description="Prompt tokens kept.")
+    text_encoder_out_layers: list[int] | None = Field(
+        None, description="klein: text-encoder layers whose states form the prompt embedding."
+    )
+    preview_downscale: int = Field(
+        2, ge=1, le=8, description="Partial images decode latents average-pooled by this factor."
+    )
+    compile: Literal[False, "blocks", "full"] = Field(
+        False,
+        description="torch.compile the denoiser: 'blocks' = compile_repeated_blocks "
+        "(regional, fast to compile), 'full' = the whole transformer.",
+    )
+    attention_backend: str | None = Field(
+        None, description="diffusers attention backend, e.g. 'native', 'flash', '_flash_3_hub', 'sage'."
+    )
+    quantize: Literal["fp8", "int8"] | None = Field(
+        None, description="torchao weight quantisation of the denoiser (needs torchao)."
+    )
+    warmup_sizes: list[str] = Field(
+        default_factory=list,
+        description="Generation sizes 'WxH' run once at start-up (compile each shape early).",
+    )
+    allow_download: bool = Field(
+        False, description="Let 'serve' download missing hub weights instead of failing."
+    )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_true(cls, value: Any) -> Any:
+        return "blocks" if value is True else value
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            w, x, h = size.partition("x")
+            if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+                raise ValueError(f"warmup size {size!r} is not WIDTHxHEIGHT")
+        return sizes
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """A family's answers to OpenAI's knobs when ``options`` does not override them."""
+
+    description: str
+    steps: Mapping[Quality, int]
+    guidance_scale: float
+    high_fidelity_strength: float
+    max_pixels: int
+    min_pixels: int
+    max_images: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One request's pipeline arguments, resolved from the job and the options."""
+
+    steps: int
+    guidance_scale: float
+    strength: float
+    size: tuple[int, int]
+    """Generation (width, height): multiples of 16, the output's aspect, within the budget."""
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting != "auto":
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting != "auto":
+        dtype: torch.dtype = getattr(torch, setting)
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32  # bf16 matmul is slower than fp32 on most CPUs
+
+
+def generation_size(
+    size: tuple[int, int], *, min_pixels: int, max_pixels: int, multiple: int = SIZE_MULTIPLE
+) -> tuple[int, int]:
+    """The output's aspect at a pixel count within [min_pixels, max_pixels], sides rounded
+    to ``multiple``. The service resizes the result to exactly the requested size."""
+    w, h = size
+    pixels = w * h
+    scale = 1.0
+    if pixels > max_pixels:
+        scale = math.sqrt(max_pixels / pixels)
+    elif pixels < min_pixels:
+        scale = math.sqrt(min_pixels / pixels)
+    gw = max(multiple, int(w * scale / multiple + 0.5) * multiple)  # half up, not to even
+    gh = max(multiple, int(h * scale / multiple + 0.5) * multiple)
+    while gw * gh > max_pixels and (gw > multiple or gh > multiple):  # rounding went over
+        if gw >= gh:
+            gw -= multiple
+        else:
+            gh -= multiple
+    return gw, gh
+
+
+def steps_run(steps: int, strength: float) -> int:
+    """Denoising steps an img2img / inpaint pipeline really runs at ``strength`` (diffusers'
+    ``get_timesteps``: the first ``steps - int(steps * strength)`` steps are skipped)."""
+    init = min(steps * strength, steps)
+    return steps - int(max(steps - init, 0))
+
+
+def rgb(pixels: Pixels) -> Pixels:
+    """Input pixels as RGB: an alpha channel is flattened onto white."""
+    return flatten(pixels) if pixels.shape[2] == 4 else pixels
+
+
+def pil_rgb(pixels: Pixels, size: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(fit(rgb(pixels), size))
+
+
+def fit_pixels(pixels: Pixels, max_pixels: int, min_side: int = SIZE_MULTIPLE) -> Image.Image:
+    """A reference image shrunk to ``max_pixels`` (aspect kept, sides multiples of 16), or
+    enlarged where its short side is under ``min_side``."""
+    h, w = pixels.shape[:2]
+    gw, gh = generation_size((w, h), min_pixels=0, max_pixels=max_pixels)
+    if min(gw, gh) < min_side:
+        scale = min_side / min(w, h)
+        gw = -(-int(round(w * scale)) // SIZE_MULTIPLE) * SIZE_MULTIPLE
+        gh = -(-int(round(h * scale)) // SIZE_MULTIPLE) * SIZE_MULTIPLE
+    return pil_rgb(pixels, (gw, gh))
+
+
+def diffusers_mask(mask: Pixels | None, size: tuple[int, int]) -> Image.Image:
+    """OpenAI's edit area as a diffusers mask: white (255) = repaint, at ``size``.
+
+    ``EditJob.mask`` already has 255 where the upload's alpha was 0; no mask = repaint all.
+    """
+    if mask is None:
+        return Image.new("L", size, 255)
+    return Image.fromarray(mask).resize(size, Image.Resampling.BILINEAR)
+
+
+def to_pixels(images: Any) -> list[Pixels]:
+    """A pipeline's ``output_type="np"`` batch (floats in [0, 1]) as uint8 images."""
+    array = np.asarray(images, dtype=np.float32)
+    array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    return [np.ascontiguousarray(a) for a in array]
+
+
+def composite(generated: Pixels, original: Pixels, mask: Pixels) -> Pixels:
+    """``generated`` inside the edit area, ``original`` outside it, bit-exact where mask == 0.
+
+    Integer blend ``(g*m + o*(255-m) + 127) // 255``: m = 0 gives ``o`` exactly, m = 255 gives
+    ``g`` exactly, and partial mask values (soft edges of the upload's alpha) blend.
+    """
+    m = mask.astype(np.uint32)[:, :, None]
+    out = (generated.astype(np.uint32) * m + original.astype(np.uint32) * (255 - m) + 127) // 255
+    return out.astype(np.uint8)
+
+
+def finish(job: EditJob, generated: list[Pixels]) -> list[Pixels]:
+    """Pipeline output -> the job's images: exactly ``job.size``, pixels outside the mask
+    taken from the first input image."""
+    images = [fit(g, job.size) for g in generated]
+    if job.mask is None:
+        return images
+    original = fit(rgb(job.images[0]), job.size)
+    mask = job.mask
+    if (mask.shape[1], mask.shape[0]) != job.size:
+        mask = np.asarray(Image.fromarray(mask).resize(job.size, Image.Resampling.BILINEAR))
+    return [composite(g, original, mask) for g in images]
+
+
+ForegroundFn = Callable[[Pixels], Pixels]
+
+
+def foreground_extractor() -> ForegroundFn | None:
+    """The built-in engine's foreground extraction (RGB -> RGBA), if this install has it.
+
+    ``background=transparent`` on a generative model runs it on the generated image; without
+    it the model declares no transparency support and the service answers 400.
+    """
+    try:
+        classic = importlib.import_module("retouch.engine.classic")
+    except ImportError:
+        return None
+    fn = getattr(classic, "extract_foreground", None)
+    return fn if callable(fn) else None
+
+
+def cpu_generators(seed: int, n: int) -> list[torch.Generator]:
+    """One generator per output image (seed + index), on the CPU so a seed gives the same
+    noise on any device."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+class DiffusersEngine:
+    """Base of the diffusers engines: settings, loading, one job at a time, failures."""
+
+    defaults: FamilyDefaults
+    family: str
+
+    def __init__(self, model: ModelSettings) -> None:
+        self.model = model
+        try:
+            self.options = EngineOptions.model_validate(model.options)
+        except ValidationError as exc:
+            raise EngineLoadError(f"model {model.name!r}: invalid options: {exc}") from exc
+        d = self.defaults
+        self.max_images = self.options.max_images or d.max_images
+        self._foreground = foreground_extractor()
+        self.info = EngineInfo(
+            name=model.name,
+            description=d.description,
+            max_images=self.max_images,
+            supports_mask=True,
+            supports_transparency=self._foreground is not None,
+            generative=True,
+        )
+        self.device = resolve_device(model.device)
+        self.dtype = resolve_dtype(model.dtype, self.device)
+        self.folder: Path | None = None
+        self._lock = threading.Lock()
+        self.steps_run = 0
+        """Denoising steps completed, over all jobs (tests and metrics)."""
+        self.cancelled_runs = 0
+
+    # -- the Engine protocol --------------------------------------------------------------------
+
+    def load(self) -> None:
+        if self.model.workers != 1:
+            raise EngineLoadError(
+                f"model {self.model.name!r}: a diffusers pipeline runs one job at a time; set "
+                "workers = 1 (configure a second model on another device for parallel jobs)"
+            )
+        self.folder = resolve_weights(self.model, allow_download=self.options.allow_download)
+        log.info("loading %s (%s) from %s on %s as %s", self.model.name, self.family,
+                 self.folder, self.device, self.dtype)  # fmt: skip
+        try:
+            self._load_pipelines(self.folder)
+        except EngineLoadError:
+            raise
+        except Exception as exc:
+            raise EngineLoadError(
+                f"model {self.model.name!r} ({self.family}): could not load the pipeline from "
+                f"{self.folder}: {type(exc).__name__}: {exc}. If the download is incomplete, "
+                f"fetch it again with: retouch models pull {self.model.name}"
+            ) from exc
+        self._warm_up()
+
+    def check(self, job: EditJob) -> None:
+        return None
+
+    def run(self, job: EditJob, progress: Progress) -> EditOutput:
+        with self._lock:  # diffusers pipelines keep per-call state: never two calls at once
+            progress.check()
+            try:
+                return self._generate(job, progress)
+            except Cancelled:
+                self.cancelled_runs += 1
+                raise
+            except torch.cuda.OutOfMemoryError as exc:
+                self._free_memory()
+                raise EngineFailed(
+                    f"The model '{self.model.name}' ran out of GPU memory for this request "
+                    f"(size {job.size[0]}x{job.size[1]}, n={job.n}); try a smaller size or n."
+                ) from exc
+
+    def close(self) -> None:
+        self._release_pipelines()
+        self._free_memory()
+
+    # -- for the family modules -------------------------------------------------------------
+
+    def _load_pipelines(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def _release_pipelines(self) -> None:
+        raise NotImplementedError
+
+    def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
+        raise NotImplementedError
+
+    def _warmup_job(self, size: tuple[int, int]) -> EditJob:
+        w, h = size
+        image = np.full((h, w, 3), 127, np.uint8)
+        return EditJob(prompt="warm-up", images=(image,), mask=None, size=size, n=1,
+                       quality="high", input_fidelity="low", background="auto",
+                       partial_images=0)  # fmt: skip
+
+    def _warm_up(self) -> None:
+        """Run one request per configured size, so compilation happens before serving."""
+        for text in self.options.warmup_sizes:
+            w, _, h = text.partition("x")
+            job = self._warmup_job((int(w), int(h)))
+            log.info("warming up %s at %s", self.model.name, text)
+            self._generate(job, _NoProgress())
+
+    def plan(self, job: EditJob) -> Plan:
+        """OpenAI's quality / input_fidelity / size -> steps, guidance, strength, size."""
+        d, o = self.defaults, self.options
+        if isinstance(o.steps, int):
+            steps = o.steps
+        else:
+            steps = (o.steps or {}).get(job.quality, d.steps[job.quality])
+        fidelity_strength = o.high_fidelity_strength or d.high_fidelity_strength
+        strength = fidelity_strength if job.input_fidelity == "high" else 1.0
+        size = generation_size(
+            job.size,
+            min_pixels=d.min_pixels if o.min_pixels is None else o.min_pixels,
+            max_pixels=o.max_pixels or d.max_pixels,
+        )
+        guidance = d.guidance_scale if o.guidance_scale is None else o.guidance_scale
+        return Plan(steps=steps, guidance_scale=guidance, strength=strength, size=size)
+
+    def references(self, job: EditJob, start: int, min_side: int = SIZE_MULTIPLE) -> list[Image.Image]:
+        """Input images from ``start`` on, as reference images: aspect kept, within the
+        reference pixel budget."""
+        o = self.options
+        budget = o.reference_max_pixels or o.max_pixels or self.defaults.max_pixels
+        return [fit_pixels(p, budget, min_side) for p in job.images[start:]]
+
+    def output(self, job: EditJob, generated: list[Pixels], steps: int) -> EditOutput:
+        """Resize, composite outside the mask, and cut out the foreground when asked."""
+        images = finish(job, generated)
+        notes: list[str] = []
+        if job.background == "transparent" and self._foreground is not None:
+            images = [self._foreground(i) for i in images]
+            notes.append("transparent background: foreground extracted by the built-in engine")
+        return EditOutput(images=images, steps=steps, notes=notes)
+
+    def count_step(self) -> None:
+        self.steps_run += 1
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+class _NoProgress:
+    """The ``Progress`` of start-up warm-ups: never cancelled, partials dropped."""
+
+    cancelled = False
+
+    def check(self) -> None:
+        return None
+
+    def partial(self, image: Pixels, *, output_index: int = 0) -> None:
+        return None
+
+
+def place(pipe: Any, model: ModelSettings, device: torch.device) -> None:
+    """Move a loaded pipeline to its device (or set up CPU offload) and silence its bars."""
+    if model.cpu_offload and device.type != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+
+def accelerate(denoiser: Any, options: EngineOptions, model_name: str) -> None:
+    """The optional speed-ups of ``options`` on the denoiser (transformer or UNet), in the
+    order that composes: quantise, then choose the attention kernel, then compile."""
+    if options.quantize is not None:
+        try:
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                Int8WeightOnlyConfig,
+                quantize_,
+            )
+        except ImportError as exc:
+            raise EngineLoadError(
+                f"model {model_name!r}: option quantize={options.quantize!r} needs torchao "
+                "(pip install torchao)"
+            ) from exc
+        config = (
+            Float8DynamicActivationFloat8WeightConfig()
+            if options.quantize == "fp8"
+            else Int8WeightOnlyConfig()
+        )
+        quantize_(denoiser, config)
+    if options.attention_backend is not None:
+        denoiser.set_attention_backend(options.attention_backend)
+    if options.compile == "blocks":
+        denoiser.compile_repeated_blocks(fullgraph=True)
+    elif options.compile == "full":
+        denoiser.compile(fullgraph=True)

@@ -1,0 +1,187 @@
+"""Inside the denoising loop: real partial images, cancellation, and a step count.
+
+``DenoiseTap`` is two hooks on a diffusers pipeline call (``engines.md`` §5):
+
+* a forward pre-hook on the denoiser (transformer / UNet) that stops a cancelled job *before*
+  the next step's compute, and remembers the step's input latents;
+* the ``callback_on_step_end`` that counts the step, stops a cancelled job (raising skips the
+  final VAE decode, unlike diffusers' ``_interrupt``), and at the chosen steps decodes a preview.
+
+Previews of flow-matching families (FLUX.2, Qwen) decode the x0 estimate: with Euler steps
+``x_{i+1} = x_i + (s_{i+1} - s_i) v``, the input ``x_i`` (seen by the pre-hook) and the output
+``x_{i+1}`` give ``v``, and ``x0 = x_{i+1} - s_{i+1} v``, so even the first preview is the
+image taking shape rather than noise. Stable Diffusion (epsilon prediction) gets the fallback:
+its current latents ``x_t`` are decoded as they are (noisy early on, clear after ~40 %).
+
+Decoding uses the pipeline's own VAE on latents average-pooled by ``preview_downscale`` (2: a
+quarter of the pixels, a quarter of the cost); the service resizes partials to the output size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from retouch.engine.types import Pixels, Progress
+from retouch.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[torch.Tensor, dict[str, Any]], Pixels]
+"""(latents of output 0 as the pipeline holds them, the denoiser's forward kwargs) -> RGB."""
+
+
+def preview_steps(num_steps: int, partial_images: int) -> frozenset[int]:
+    """Completed-step counts after which to publish a partial image: evenly spaced, never the
+    last step (that would be the final image), possibly fewer than asked for few steps."""
+    picks = {
+        max(1, round(num_steps * (j + 1) / (partial_images + 1))) for j in range(partial_images)
+    }
+    return frozenset(s for s in picks if s < num_steps)
+
+
+def flow_x0(scheduler: Any, x_next: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+    """The x0 estimate after one Euler step of a flow-matching scheduler.
+
+    The scheduler has already advanced ``step_index``, so the step just taken went from
+    ``sigmas[k - 1]`` to ``sigmas[k]``; this holds when img2img strength skipped the first steps.
+    """
+    k = int(scheduler.step_index)
+    s_now, s_next = float(scheduler.sigmas[k - 1]), float(scheduler.sigmas[k])
+    x_prev = x_in[:, : x_next.shape[1]].to(x_next.dtype)  # the denoiser also sees references
+    velocity = (x_next - x_prev) / (s_next - s_now)
+    return x_next - s_next * velocity
+
+
+class DenoiseTap:
+    def __init__(
+        self,
+        *,
+        progress: Progress,
+        steps: int,
+        partial_images: int,
+        decode: Decoder,
+        flow: bool,
+        on_step: Callable[[], None],
+    ) -> None:
+        self.progress = progress
+        self.emit = preview_steps(steps, partial_images)
+        self.decode = decode
+        self.flow = flow
+        self.on_step = on_step
+        self._x_in: torch.Tensor | None = None
+        self._kwargs: dict[str, Any] = {}
+        self._broken = False
+        self.steps_done = 0
+
+    @contextlib.contextmanager
+    def watching(self, denoiser: torch.nn.Module) -> Iterator[DenoiseTap]:
+        handle = denoiser.register_forward_pre_hook(self._before_forward, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def _before_forward(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self.progress.check()
+        if self.emit:
+            self._x_in = kwargs.get("hidden_states", args[0] if args else None)
+            self._kwargs = kwargs
+        return None
+
+    def __call__(self, pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        self.steps_done += 1
+        self.on_step()
+        self.progress.check()
+        if (i + 1) in self.emit and not self._broken:
+            self._publish(pipe, tensors["latents"])
+        return tensors
+
+    def _publish(self, pipe: Any, latents: torch.Tensor) -> None:
+        try:
+            x = latents[:1]
+            if self.flow and self._x_in is not None:
+                x = flow_x0(pipe.scheduler, x, self._x_in[:1])
+            image = self.decode(x, self._kwargs)
+        except Cancelled:
+            raise
+        except Exception:  # a preview must never cost the client its edit
+            log.exception("partial image decode failed; no more partials for this job")
+            self._broken = True
+            return
+        self.progress.partial(image)
+
+
+def to_rgb8(decoded: torch.Tensor) -> Pixels:
+    """A VAE's (1, 3, H, W) output in [-1, 1] as an H x W x 3 uint8 array."""
+    x = (decoded[0].float().clamp(-1, 1) + 1) * 127.5
+    return np.ascontiguousarray(x.round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+
+
+def _pool(latents: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool the last two (spatial) dimensions, keeping at least 1x1."""
+    if factor <= 1:
+        return latents
+    h, w = latents.shape[-2:]
+    factor = min(factor, h, w)
+    lead = latents.shape[:-2]
+    flat = latents.reshape(-1, 1, h, w).float()
+    pooled = F.avg_pool2d(flat, factor)
+    return pooled.reshape(*lead, *pooled.shape[-2:]).to(latents.dtype)
+
+
+def klein_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
+    """FLUX.2 latents: packed tokens (1, h*w, C*4), row-major -> unpatchify -> VAE."""
+    width, height = size
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        h = height // (pipe.vae_scale_factor * 2)
+        w = width // (pipe.vae_scale_factor * 2)
+        grid = x.transpose(1, 2).reshape(1, x.shape[2], h, w)
+        vae = pipe.vae
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(grid.device, grid.dtype)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+        grid = grid * std.to(grid.device, grid.dtype) + mean
+        latents = _pool(pipe._unpatchify_latents(grid), downscale)
+        return to_rgb8(vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0])
+
+    return decode
+
+
+def qwen_decoder(pipe: Any, downscale: int) -> Decoder:
+    """Qwen-Image latents: packed 2x2 patches, grid read from the transformer's ``img_shapes``
+    (the inpaint pipeline chooses its own size) -> de-normalise -> the video VAE, frame 0."""
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        _, h, w = kwargs["img_shapes"][0][0]
+        factor = pipe.vae_scale_factor
+        latents = pipe._unpack_latents(x, h * factor * 2, w * factor * 2, factor)
+        vae = pipe.vae
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1)
+        latents = latents * std.to(latents) + mean.to(latents)
+        latents = _pool(latents, downscale)
+        decoded = vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0]
+        return to_rgb8(decoded[:, :, 0])
+
+    return decode
+
+
+def sd_decoder(pipe: Any, downscale: int) -> Decoder:
+    """Stable Diffusion: the current (noisy) latents, unscaled, through the VAE."""
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        vae = pipe.vae
+        latents = _pool(x / vae.config.scaling_factor, downscale)
+        return to_rgb8(vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0])
+
+    return decode

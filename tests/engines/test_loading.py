@@ -1,0 +1,96 @@
+"""Start-up: a missing or broken model fails while the server starts, naming the model, where it
+looked and the command that fetches it; never on the first request."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retouch.config import Settings
+from retouch.engine.types import EngineLoadError
+from tests.engines.conftest import KLEIN_OPTIONS, model, serve
+
+pytestmark = [pytest.mark.anyio, pytest.mark.torch]
+
+
+async def _start_error(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], *models: Any
+) -> str:
+    with pytest.raises(EngineLoadError) as caught:
+        await serve(harness_factory, make_settings, *models)
+    return str(caught.value)
+
+
+async def test_missing_folder(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    where = tmp_path / "nowhere"
+    message = await _start_error(
+        harness_factory, make_settings, model("klein", "flux2-klein", where, KLEIN_OPTIONS)
+    )
+    assert "'klein'" in message
+    assert str(where) in message
+    assert "model_index.json" in message
+
+
+async def test_hub_id_missing_from_the_cache(
+    harness_factory: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    m = model("klein", "flux2-klein", Path("x"), {})
+    message = await _start_error(
+        harness_factory, make_settings, m.model_copy(update={"weights": "example/not-cached"})
+    )
+    assert "'example/not-cached'" in message
+    assert str(tmp_path / "hub") in message
+    assert "retouch models pull klein" in message
+
+
+async def test_broken_weights(
+    harness_factory: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    klein_weights: Path,
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(klein_weights, broken)
+    for weights in (broken / "transformer").glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:100])  # an interrupted download
+    message = await _start_error(
+        harness_factory, make_settings, model("klein", "flux2-klein", broken, KLEIN_OPTIONS)
+    )
+    assert "could not load the pipeline" in message
+    assert str(broken) in message
+    assert "retouch models pull klein" in message
+
+
+async def test_unknown_option_and_several_workers_are_refused(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], klein_weights: Path
+) -> None:
+    message = await _start_error(
+        harness_factory, make_settings,
+        model("klein", "flux2-klein", klein_weights, {**KLEIN_OPTIONS, "stpes": 3}),
+    )  # fmt: skip
+    assert "stpes" in message
+    message = await _start_error(
+        harness_factory, make_settings,
+        model("klein", "flux2-klein", klein_weights, KLEIN_OPTIONS, workers=2),
+    )  # fmt: skip
+    assert "workers = 1" in message
+
+
+async def test_warmup_sizes_run_before_the_first_request(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], klein_weights: Path
+) -> None:
+    h = await serve(
+        harness_factory, make_settings,
+        model("klein", "flux2-klein", klein_weights, {**KLEIN_OPTIONS, "warmup_sizes": ["64x48"]}),
+    )  # fmt: skip
+    assert h.services.workers["klein"].engine.steps_run == 4  # one 4-step edit at start-up

@@ -1,0 +1,212 @@
+"""Tiny random-weight diffusers pipelines of every family, built fully in code.
+
+Nothing is downloaded: tokenizers are byte-level vocabularies without merges (one token per
+character), processors are built from their classes, and every module is a real diffusers /
+transformers class at toy size (see ``engines.md`` §7). ``save_*`` writes a pipeline folder that
+the production loader reads through ``ModelSettings(weights=folder)``.
+
+Also used by ``bench/diffusers_overhead.py`` and ``bench/gpu_klein.py`` (the tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers.pre_tokenizers import ByteLevel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2TokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+BYTE_SYMBOLS = sorted(ByteLevel.alphabet())
+QWEN_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]  # fmt: skip
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _bpe_files(folder: Path, vocab: dict[str, int]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per byte
+    return folder
+
+
+def clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for sym in BYTE_SYMBOLS:
+        vocab.setdefault(sym, len(vocab))
+        vocab.setdefault(f"{sym}</w>", len(vocab))
+    return CLIPTokenizer.from_pretrained(_bpe_files(folder, vocab), model_max_length=77)
+
+
+def qwen_tokenizer(folder: Path) -> Qwen2TokenizerFast:
+    vocab = {sym: i for i, sym in enumerate(BYTE_SYMBOLS)}
+    tok = Qwen2TokenizerFast.from_pretrained(
+        _bpe_files(folder, vocab),
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    tok.add_tokens(QWEN_SPECIALS, special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE  # klein and Qwen call apply_chat_template
+    return tok
+
+
+def qwen_image_processor() -> Qwen2VLImageProcessor:
+    # Small limits keep the vision tower's token count (and the test) tiny.
+    return Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+
+
+def tiny_clip_text(tok: CLIPTokenizer, layers: int) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok), bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
+            intermediate_size=37, num_attention_heads=4, num_hidden_layers=layers,
+            projection_dim=32, max_position_embeddings=77,
+        )
+    )  # fmt: skip
+
+
+def tiny_sd_inpaint(root: Path) -> Any:
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
+
+    tok = clip_tokenizer(root / "clip-tok")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=9, out_channels=4,  # latents + masked-image latents + mask
+        block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )  # fmt: skip
+    return StableDiffusionInpaintPipeline(
+        vae=vae, text_encoder=tiny_clip_text(tok, layers=5), tokenizer=tok, unet=unet,
+        scheduler=DDIMScheduler(steps_offset=1),  # the default 0 emits a FutureWarning
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def tiny_klein(root: Path, *, vae_levels: int = 1, layers: int = 1, heads: int = 2) -> Any:
+    """``vae_levels`` 4 gives the real 8x VAE downsampling (the benchmark's 512x512 stays at
+    1024 tokens); 1 keeps 64x64 test images cheap."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+
+    tok = qwen_tokenizer(root / "qwen-tok")
+    torch.manual_seed(0)
+    latent_channels = 1 if vae_levels == 1 else 4
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4 * latent_channels, num_layers=layers,
+        num_single_layers=layers, num_attention_heads=heads, attention_head_dim=16,
+        joint_attention_dim=16, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    )  # fmt: skip
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tok), hidden_size=16, intermediate_size=16, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+        )
+    )  # fmt: skip
+    vae = AutoencoderKLFlux2(
+        in_channels=3, out_channels=3, latent_channels=latent_channels,
+        block_out_channels=(4,) * vae_levels, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * vae_levels,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels, norm_num_groups=1,
+        use_quant_conv=False, use_post_quant_conv=False, sample_size=32,
+    )  # fmt: skip
+    return Flux2KleinPipeline(
+        transformer=transformer, text_encoder=text_encoder, tokenizer=tok, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )  # fmt: skip
+
+
+def tiny_qwen_edit_plus(root: Path) -> Any:
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    tok = qwen_tokenizer(root / "qwen-tok")
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, num_attention_heads=3,
+        attention_head_dim=16, joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+        guidance_embeds=False,
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+        temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "rope_theta": 1e6,
+            "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [1, 1, 2]},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+            "out_hidden_size": 16,
+        },
+        vocab_size=len(tok), hidden_size=16,
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+    )  # fmt: skip
+    return QwenImageEditPlusPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=Qwen2_5_VLForConditionalGeneration(config), tokenizer=tok,
+        processor=None,  # saved by save_tiny_qwen; it cannot be built without torchvision
+    )  # fmt: skip
+
+
+def save_tiny_klein(root: Path, **sizes: int) -> Path:
+    tiny_klein(root, **sizes).save_pretrained(root / "klein")
+    return root / "klein"
+
+
+def save_tiny_sd(root: Path) -> Path:
+    tiny_sd_inpaint(root).save_pretrained(root / "sd")
+    return root / "sd"
+
+
+def save_tiny_qwen(root: Path) -> Path:
+    """The pipeline plus a ``processor/`` folder as the real repositories have one (image
+    processor settings and tokenizer files), which the engine's loader reads."""
+    pipe = tiny_qwen_edit_plus(root)
+    folder = root / "qwen"
+    pipe.save_pretrained(folder)
+    qwen_image_processor().save_pretrained(folder / "processor")
+    pipe.tokenizer.save_pretrained(folder / "processor")
+    return folder
