@@ -86,9 +86,13 @@ class ClassicEngine:
                     "removing an object needs a mask whose transparent pixels mark it"
                 )
             if bool(job.mask.all()):  # type: ignore[union-attr]
-                raise self._refuse("the mask covers the whole image, so there is nothing to fill from")
+                raise self._refuse(
+                    "the mask covers the whole image, so there is nothing to fill from"
+                )
         if has_mask and names & GEOMETRIC:
-            raise self._refuse("rotating or cropping changes the whole frame and cannot be limited to a mask")
+            raise self._refuse(
+                "rotating or cropping changes the whole frame and cannot be limited to a mask"
+            )
         for op in plan:
             self._check_op(op, job)
         used = 1 + max((op.image for op in plan if op.name == "background_image"), default=0)
@@ -141,7 +145,9 @@ class ClassicEngine:
         notes = []
         if job.n > 1:
             if varies:
-                notes.append(f"{job.n} distinct variations (seeds {job.seed}..{job.seed + job.n - 1})")
+                notes.append(
+                    f"{job.n} distinct variations (seeds {job.seed}..{job.seed + job.n - 1})"
+                )
             else:
                 notes.append("identical copies: the operations are deterministic")
                 images = images * job.n

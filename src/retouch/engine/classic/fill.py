@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from retouch.engine.classic.arrays import f32, u8
 from retouch.engine.types import Pixels
 
 FloatImage = npt.NDArray[np.float32]
@@ -127,13 +128,13 @@ def _coarse_fill(crop: Pixels, hole: BoolMask, scale: float) -> tuple[Pixels, Pi
         small, small_hole = crop, hole
     else:
         size = (max(8, round(w / scale)), max(8, round(h / scale)))
-        small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        small = u8(cv2.resize(crop, size, interpolation=cv2.INTER_AREA))
         small_hole = _coarse_hole(hole, size)
     result = _fsr(small, small_hole)
     if result.shape[:2] == (h, w):
         return result, result
-    blocky = cv2.resize(result, (w, h), interpolation=cv2.INTER_NEAREST)
-    smooth = cv2.resize(result, (w, h), interpolation=cv2.INTER_CUBIC)
+    blocky = u8(cv2.resize(result, (w, h), interpolation=cv2.INTER_NEAREST))
+    smooth = u8(cv2.resize(result, (w, h), interpolation=cv2.INTER_CUBIC))
     return _as3(blocky, crop), _as3(smooth, crop)
 
 
@@ -172,7 +173,7 @@ def _seamless(crop: Pixels, hole: BoolMask, upscaled: Pixels) -> Pixels:
     residual[hole] = 0.0
     correction = membrane(residual, hole)
     out = upscaled.astype(np.float32).reshape(correction.shape) + correction
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(crop.shape)
+    return u8(np.clip(out + 0.5, 0, 255)).reshape(crop.shape)
 
 
 def membrane(values: FloatImage, hole: BoolMask, iterations: int = 24) -> FloatImage:
@@ -186,13 +187,12 @@ def membrane(values: FloatImage, hole: BoolMask, iterations: int = 24) -> FloatI
         return values
     if min(h, w) <= 8:
         start = values.copy()
-        known = ~hole
-        start[hole] = values[known].mean(axis=0) if known.any() else 0.0
+        start[hole] = values[~hole].mean(axis=0) if (~hole).any() else 0.0
         return _jacobi(start, values, hole, 4 * max(h, w))
-    known = (~hole).astype(np.float32)
+    known = f32(~hole)
     half = ((w + 1) // 2, (h + 1) // 2)
-    weight = cv2.resize(known, half, interpolation=cv2.INTER_AREA)
-    summed = cv2.resize(values * known[:, :, None], half, interpolation=cv2.INTER_AREA)
+    weight = f32(cv2.resize(known, half, interpolation=cv2.INTER_AREA))
+    summed = f32(cv2.resize(values * known[:, :, None], half, interpolation=cv2.INTER_AREA))
     summed = summed.reshape(half[1], half[0], values.shape[2])
     coarse_hole = weight < 1e-3
     coarse_values = np.where(
@@ -207,7 +207,7 @@ def membrane(values: FloatImage, hole: BoolMask, iterations: int = 24) -> FloatI
 def _jacobi(x: FloatImage, fixed: FloatImage, hole: BoolMask, iterations: int) -> FloatImage:
     keep = (~hole).astype(np.uint8)
     for _ in range(iterations):
-        x = cv2.filter2D(x, -1, _MEMBRANE_KERNEL, borderType=cv2.BORDER_REPLICATE).reshape(
+        x = f32(cv2.filter2D(x, -1, _MEMBRANE_KERNEL, borderType=cv2.BORDER_REPLICATE)).reshape(
             fixed.shape
         )
         cv2.copyTo(fixed, keep, x)  # the known pixels are the boundary condition

@@ -15,6 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from retouch.engine.classic.arrays import u8
 from retouch.engine.types import Pixels
 
 WORK_SIZE = 96
@@ -23,12 +24,14 @@ WORK_SIZE = 96
 ITERATIONS = 2
 
 
-def foreground_alpha(rgb: Pixels, *, work_size: int = WORK_SIZE, iterations: int = ITERATIONS) -> Pixels:
+def foreground_alpha(
+    rgb: Pixels, *, work_size: int = WORK_SIZE, iterations: int = ITERATIONS
+) -> Pixels:
     """Alpha (H x W uint8, 255 = foreground) of the main subject of ``rgb``."""
     h, w = rgb.shape[:2]
     scale = min(1.0, work_size / max(h, w))
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    small = u8(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
     hard = _grabcut(small, iterations)
     if not hard.any() or hard.all():
         # GrabCut found no separation (a flat image, or a subject that fills the frame):
@@ -42,7 +45,7 @@ def _grabcut(small: Pixels, iterations: int) -> np.ndarray:
     mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
-    cv2.grabCut(small, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(small, mask, (0, 0, 0, 0), bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     return _drop_islands(fg)
 
@@ -70,7 +73,7 @@ def _refine(rgb: Pixels, hard: np.ndarray, radius_frac: float = 0.012) -> Pixels
     b_full = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
     full_guide = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     alpha = a_full * full_guide + b_full
-    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return u8(np.clip(alpha * 255.0 + 0.5, 0, 255))
 
 
 def _guided_coefficients(

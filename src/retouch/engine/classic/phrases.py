@@ -106,7 +106,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 def fixed(name: OpName, *patterns: str, priority: int = 1, **fields: object) -> list[Rule]:
     op = Op(name, **fields)  # type: ignore[arg-type]
-    return [Rule(_compile(p), lambda _m, op=op: op, priority) for p in patterns]
+
+    def build(_match: re.Match[str]) -> Op:
+        return op
+
+    return [Rule(_compile(p), build, priority) for p in patterns]
 
 
 def built(builder: Builder, *patterns: str, priority: int = 1) -> list[Rule]:
@@ -201,7 +205,7 @@ RULES: list[Rule] = [
     *fixed(
         "blur_background",
         rf"blur(?:red)?\s+{THE}(?:background|backdrop|bg)",
-        rf"(?:blurry|blurred|soft|out[- ]of[- ]focus)\s+(?:background|backdrop|bg)",
+        r"(?:blurry|blurred|soft|out[- ]of[- ]focus)\s+(?:background|backdrop|bg)",
         r"background\s+blur",
         r"bokeh(?:\s+effect)?",
         r"(?:shallow\s+depth\s+of\s+field|portrait\s+mode)",
@@ -293,8 +297,16 @@ RULES: list[Rule] = [
         r"冷色调|冷色|冷调|更冷|冷一点|冷一些|偏冷|清冷",
         amount=-1.0,
     ),
-    *fixed("invert", rf"invert(?:ed)?(?:\s+{THE}colou?rs?)?|(?:photo\s+)?negative|inverse\s+colou?rs|colou?r\s+inversion", r"反色|负片|反相|颜色反转|反转颜色"),
-    *fixed("posterize", r"pop\s+art|poster(?:\s+(?:effect|style))?", r"色调分离|海报(?:效果|风格)?|波普(?:风格)?"),
+    *fixed(
+        "invert",
+        rf"invert(?:ed)?(?:\s+{THE}colou?rs?)?|(?:photo\s+)?negative|inverse\s+colou?rs|colou?r\s+inversion",
+        r"反色|负片|反相|颜色反转|反转颜色",
+    ),
+    *fixed(
+        "posterize",
+        r"pop\s+art|poster(?:\s+(?:effect|style))?",
+        r"色调分离|海报(?:效果|风格)?|波普(?:风格)?",
+    ),
     *built(
         _posterize,
         r"posteri[sz](?:e|ed|ation)(?:\s+(?:to|with)\s+(?P<levels>\d{1,2})\s+(?:levels|colou?rs))?",
@@ -302,7 +314,11 @@ RULES: list[Rule] = [
         r"(?:减少颜色|减少色彩)",
     ),
     # --- filters -----------------------------------------------------------------------------
-    *fixed("blur", r"(?:gaussian\s+)?blur(?:red|ry)?|soften|out\s+of\s+focus|defocus(?:ed)?", r"模糊|虚化|柔焦"),
+    *fixed(
+        "blur",
+        r"(?:gaussian\s+)?blur(?:red|ry)?|soften|out\s+of\s+focus|defocus(?:ed)?",
+        r"模糊|虚化|柔焦",
+    ),
     *fixed(
         "sharpen",
         r"sharpen(?:ed)?|sharper|crisp(?:er)?|more\s+detail(?:ed)?|enhance\s+(?:the\s+)?details?",
@@ -348,7 +364,20 @@ MODIFIERS: list[Modifier] = []
 
 
 def _intensity(factor: float) -> Callable[[Op, re.Match[str]], Op | None]:
-    takes = {"brightness", "contrast", "saturation", "temperature", "blur", "sharpen", "pixelate", "vignette", "sepia", "cartoon", "blur_background", "sketch"}
+    takes = {
+        "brightness",
+        "contrast",
+        "saturation",
+        "temperature",
+        "blur",
+        "sharpen",
+        "pixelate",
+        "vignette",
+        "sepia",
+        "cartoon",
+        "blur_background",
+        "sketch",
+    }
 
     def apply(op: Op, _m: re.Match[str]) -> Op | None:
         return op.scaled(factor) if op.name in takes else None
@@ -374,16 +403,28 @@ def _text_color(op: Op, match: re.Match[str]) -> Op | None:
 MODIFIERS = [
     Modifier(
         "intensity",
-        _compile(r"slightly|a\s+little(?:\s+bit)?|a\s+(?:tiny\s+)?bit|somewhat|a\s+touch|mildly|gently|subtly|lightly"),
+        _compile(
+            r"slightly|a\s+little(?:\s+bit)?|a\s+(?:tiny\s+)?bit|somewhat|a\s+touch|mildly|gently|subtly|lightly"
+        ),
         _intensity(0.5),
     ),
-    Modifier("intensity", re.compile(r"稍微|略微|稍稍|轻微|轻轻|一点点|微微|有点|有一点"), _intensity(0.5)),
     Modifier(
         "intensity",
-        _compile(r"much|very|a\s+lot|really|significantly|strongly|heavily|extremely|way|far|super|dramatically"),
+        re.compile(r"稍微|略微|稍稍|轻微|轻轻|一点点|微微|有点|有一点"),
+        _intensity(0.5),
+    ),
+    Modifier(
+        "intensity",
+        _compile(
+            r"much|very|a\s+lot|really|significantly|strongly|heavily|extremely|way|far|super|dramatically"
+        ),
         _intensity(1.7),
     ),
-    Modifier("intensity", re.compile(r"非常|很|大幅|大大|强烈|特别|极其|超级|十分|更加|明显"), _intensity(1.7)),
+    Modifier(
+        "intensity",
+        re.compile(r"非常|很|大幅|大大|强烈|特别|极其|超级|十分|更加|明显"),
+        _intensity(1.7),
+    ),
     Modifier(
         "position",
         _compile(
@@ -393,7 +434,9 @@ MODIFIERS = [
     ),
     Modifier(
         "position",
-        re.compile(r"在?(?:图片|照片|画面)?的?(?P<pos>顶部|底部|上方|下方|中间|中央|正中间|正中|上面|下面|上部|下部|顶端|底端)"),
+        re.compile(
+            r"在?(?:图片|照片|画面)?的?(?P<pos>顶部|底部|上方|下方|中间|中央|正中间|正中|上面|下面|上部|下部|顶端|底端)"
+        ),
         _position,
     ),
     Modifier(
@@ -405,22 +448,203 @@ MODIFIERS = [
     Modifier("color", re.compile(rf"(?:用)?{ZH_COLOR}色(?:的)?(?:字体|文字|字)?"), _text_color),
 ]
 
-FILLER_WORDS = """
-a an the it its it's this that these those image images photo photos picture pictures pic
-photograph please pls kindly make turn give apply add use using with and then also plus to into
-in on of me my our can could would will you i want wanna like look looks looking style styled
-effect effects filter version tone tones toned colour colours color colors mode treatment feel
-bit little more some so is be let's lets just now for as same keep rest whole entire everything
-all over overall thing stuff convert change set do thanks thank up by put place
-""".split()
+FILLER_WORDS = [
+    "a",
+    "an",
+    "the",
+    "it",
+    "its",
+    "it's",
+    "this",
+    "that",
+    "these",
+    "those",
+    "image",
+    "images",
+    "photo",
+    "photos",
+    "picture",
+    "pictures",
+    "pic",
+    "photograph",
+    "please",
+    "pls",
+    "kindly",
+    "make",
+    "turn",
+    "give",
+    "apply",
+    "add",
+    "use",
+    "using",
+    "with",
+    "and",
+    "then",
+    "also",
+    "plus",
+    "to",
+    "into",
+    "in",
+    "on",
+    "of",
+    "me",
+    "my",
+    "our",
+    "can",
+    "could",
+    "would",
+    "will",
+    "you",
+    "i",
+    "want",
+    "wanna",
+    "like",
+    "look",
+    "looks",
+    "looking",
+    "style",
+    "styled",
+    "effect",
+    "effects",
+    "filter",
+    "version",
+    "tone",
+    "tones",
+    "toned",
+    "colour",
+    "colours",
+    "color",
+    "colors",
+    "mode",
+    "treatment",
+    "feel",
+    "bit",
+    "little",
+    "more",
+    "some",
+    "so",
+    "is",
+    "be",
+    "let's",
+    "lets",
+    "just",
+    "now",
+    "for",
+    "as",
+    "same",
+    "keep",
+    "rest",
+    "whole",
+    "entire",
+    "everything",
+    "all",
+    "over",
+    "overall",
+    "thing",
+    "stuff",
+    "convert",
+    "change",
+    "set",
+    "do",
+    "thanks",
+    "thank",
+    "up",
+    "by",
+    "put",
+    "place",
+]
 """English words allowed around the phrases. Kept short on purpose: an unknown word means the
 prompt asks for something this engine may not do."""
 
 FILLER_ZH = sorted(
-    """请 帮我 帮忙 麻烦 给我 给 把 将 让 使 这张 这个 那张 该 图片 照片 图像 画面 图 一下 的 了 地 得
-    并且 并 和 然后 再 以及 还有 同时 也 加上 加 添加 增加 变成 改成 转成 转换成 处理成 做成 弄成 调成 换成
-    变为 改为 成 为 效果 风格 滤镜 样式 色调 一点 一些 些 点 更 吧 呢 啊 谢谢 我 想 要 需要 进行 处理
-    整张 整个 全部 所有 它 上 下 做 个 张 一 用 来 后 之后 先""".split(),
+    [
+        "请",
+        "帮我",
+        "帮忙",
+        "麻烦",
+        "给我",
+        "给",
+        "把",
+        "将",
+        "让",
+        "使",
+        "这张",
+        "这个",
+        "那张",
+        "该",
+        "图片",
+        "照片",
+        "图像",
+        "画面",
+        "图",
+        "一下",
+        "的",
+        "了",
+        "地",
+        "得",
+        "并且",
+        "并",
+        "和",
+        "然后",
+        "再",
+        "以及",
+        "还有",
+        "同时",
+        "也",
+        "加上",
+        "加",
+        "添加",
+        "增加",
+        "变成",
+        "改成",
+        "转成",
+        "转换成",
+        "处理成",
+        "做成",
+        "弄成",
+        "调成",
+        "换成",
+        "变为",
+        "改为",
+        "成",
+        "为",
+        "效果",
+        "风格",
+        "滤镜",
+        "样式",
+        "色调",
+        "一点",
+        "一些",
+        "些",
+        "点",
+        "更",
+        "吧",
+        "呢",
+        "啊",
+        "谢谢",
+        "我",
+        "想",
+        "要",
+        "需要",
+        "进行",
+        "处理",
+        "整张",
+        "整个",
+        "全部",
+        "所有",
+        "它",
+        "上",
+        "下",
+        "做",
+        "个",
+        "张",
+        "一",
+        "用",
+        "来",
+        "后",
+        "之后",
+        "先",
+    ],
     key=len,
     reverse=True,
 )

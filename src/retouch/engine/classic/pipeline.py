@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from retouch.engine.classic import ops
+from retouch.engine.classic.arrays import u8
 from retouch.engine.classic.fill import fill
 from retouch.engine.classic.matting import foreground_alpha
 from retouch.engine.classic.operations import Op
@@ -117,7 +118,15 @@ def render(
 
     for op in plan:
         check()
-        _apply(op, canvas, job, mask, settings, variant, lambda img: _stage(canvas, img, stages, composed))
+        _apply(
+            op,
+            canvas,
+            job,
+            mask,
+            settings,
+            variant,
+            lambda img: _stage(canvas, img, stages, composed),
+        )
         stages.reached(composed)
     if job.background == "transparent" and not canvas.background_decided:
         check()
@@ -140,13 +149,13 @@ def _inputs(job: EditJob) -> tuple[Pixels, Pixels | None]:
     mask = job.mask
     if mask is not None and mask.shape[:2] != source.shape[:2]:
         h, w = source.shape[:2]
-        mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask = u8(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
     return source, mask
 
 
 def _split(pixels: Pixels) -> tuple[Pixels, Pixels | None]:
     if pixels.ndim == 2:
-        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB), None
+        return u8(cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)), None
     if pixels.shape[2] == 4:
         alpha = np.ascontiguousarray(pixels[:, :, 3])
         rgb = np.ascontiguousarray(pixels[:, :, :3])
@@ -196,7 +205,13 @@ def _fill(canvas: Canvas, mask: Pixels, budget: int, variant: int, on_stage: Sta
     if canvas.alpha is None:
         canvas.rgb = fill(canvas.rgb, hole, budget=budget, variant=variant, on_stage=on_stage)
         return
-    both = fill(np.dstack([canvas.rgb, canvas.alpha]), hole, budget=budget, variant=variant, on_stage=on_stage)
+    both = fill(
+        np.dstack([canvas.rgb, canvas.alpha]),
+        hole,
+        budget=budget,
+        variant=variant,
+        on_stage=on_stage,
+    )
     canvas.rgb = np.ascontiguousarray(both[:, :, :3])
     canvas.alpha = np.ascontiguousarray(both[:, :, 3])
 
@@ -240,11 +255,11 @@ def _replace_background(op: Op, canvas: Canvas, job: EditJob) -> None:
 
 def _over(front: Pixels, back: Pixels, alpha: Pixels) -> Pixels:
     weight = alpha.astype(np.float32) * (1.0 / 255.0)
-    return cv2.blendLinear(front, back, weight, 1.0 - weight)
+    return u8(cv2.blendLinear(front, back, weight, 1.0 - weight))
 
 
 def _combine_alpha(current: Pixels | None, matte: Pixels) -> Pixels:
-    return matte.copy() if current is None else cv2.min(current, matte)
+    return matte.copy() if current is None else u8(cv2.min(current, matte))
 
 
 def _cover(image: Pixels, size: tuple[int, int]) -> Pixels:
@@ -298,7 +313,7 @@ def _compose(canvas: Canvas, rgb: Pixels, alpha: Pixels | None, mask: Pixels | N
 def _blend(before: Pixels, after: Pixels, mask: Pixels) -> Pixels:
     """``after`` inside the edit area, ``before`` (exactly) outside, linear in between."""
     weight = mask.astype(np.float32) * (1.0 / 255.0)
-    out = cv2.blendLinear(after, before, weight, 1.0 - weight)
+    out = u8(cv2.blendLinear(after, before, weight, 1.0 - weight))
     cv2.copyTo(before, (mask == 0).astype(np.uint8), out)  # exact, not just within rounding
     return out
 
