@@ -42,13 +42,15 @@ neighbouring blocks; the membrane needs a border)."""
 @dataclass(frozen=True)
 class FillStages:
     """Real intermediate states, for partial images: the coarse fill as computed (blocky)
-    and the upscaled coarse fill before the seam correction."""
+    and the upscaled coarse fill before the seam correction. A hole small enough to fill at
+    full resolution has no such states (the hook then gets None twice)."""
 
     coarse: Pixels
     upscaled: Pixels
 
 
-StageHook = Callable[[Pixels], None]
+StageHook = Callable[[Pixels | None], None]
+"""Receives each intermediate state, or None for a stage that had nothing new to show."""
 
 
 def fill(
@@ -75,8 +77,9 @@ def fill(
     scale = _fit_scale(crop_hole, budget) * _variant_factor(variant)
     coarse, upscaled = _coarse_fill(crop, crop_hole, scale)
     if on_stage is not None:
-        on_stage(_paste(out, crop_hole, coarse, (y0, x0)))
-        on_stage(_paste(out, crop_hole, upscaled, (y0, x0)))
+        full_size = coarse is upscaled
+        on_stage(None if full_size else _paste(out, crop_hole, coarse, (y0, x0)))
+        on_stage(None if full_size else _paste(out, crop_hole, upscaled, (y0, x0)))
     filled = _seamless(crop, crop_hole, upscaled)
     return _paste(out, crop_hole, filled, (y0, x0))
 

@@ -25,7 +25,8 @@ from retouch.engine.classic.phrases import FILLER_WORDS, FILLER_ZH, MODIFIERS, R
 
 _QUOTES = re.compile(
     r"“(?P<a>[^”]*)”|‘(?P<b>[^’]*)’|「(?P<c>[^」]*)」|『(?P<d>[^』]*)』|\"(?P<e>[^\"]*)\""
-    r"|(?<![\w])'(?P<f>[^']*)'(?![\w])"
+    # an apostrophe inside an English word ("it's") does not open a quote
+    r"|(?<![A-Za-z0-9])'(?P<f>[^']*)'(?![A-Za-z0-9])"
 )
 _EN_WORD = re.compile(r"[a-z0-9][a-z0-9'&/-]*")
 _FILLER = frozenset(FILLER_WORDS)

@@ -113,7 +113,7 @@ def sketch(
     gray = u8(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
     if on_stage is not None:
         on_stage(u8(cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)))
-    sigma = _diagonal(rgb) / 180.0 * max(0.3, amount) * (1.0 + 0.3 * (variant % 4))
+    sigma = max(2.5, _diagonal(rgb) / 120.0) * max(0.3, amount) * (1.0 + 0.3 * (variant % 4))
     negative_blur = u8(cv2.GaussianBlur(cv2.bitwise_not(gray), (0, 0), sigma))
     if on_stage is not None:
         on_stage(u8(cv2.cvtColor(negative_blur, cv2.COLOR_GRAY2RGB)))

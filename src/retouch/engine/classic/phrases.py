@@ -76,6 +76,8 @@ ZH_SECOND = r"第(?:二|2)张(?:图片|图像|照片|图)?"
 QUOTE = r"⟦(?P<quote>\d+)⟧"
 
 Builder = Callable[[re.Match[str]], Op]
+# Within one pattern, alternatives are tried left to right and the first that fits wins, so a
+# longer phrase must come before its own prefix ("cool it down" before "cool").
 
 
 @dataclass(frozen=True)
@@ -287,13 +289,13 @@ RULES: list[Rule] = [
     ),
     *fixed(
         "temperature",
-        r"warm(?:er)?(?:\s+(?:tones?|tint|colou?rs?|look|light))?|warm\s+it\s+up|golden\s+hour",
+        r"warm\s+it\s+up|warm(?:er)?(?:\s+(?:tones?|tint|colou?rs?|look|light))?|golden\s+hour",
         r"暖色调|暖色|暖调|更暖|暖一点|暖一些|偏暖|温暖",
         amount=1.0,
     ),
     *fixed(
         "temperature",
-        r"cool(?:er)?(?:\s+(?:tones?|tint|colou?rs?|look|light))?|cold(?:er)?(?:\s+tones?)?|cool\s+it\s+down",
+        r"cool\s+it\s+down|cool(?:er)?(?:\s+(?:tones?|tint|colou?rs?|look|light))?|cold(?:er)?(?:\s+tones?)?",
         r"冷色调|冷色|冷调|更冷|冷一点|冷一些|偏冷|清冷",
         amount=-1.0,
     ),
