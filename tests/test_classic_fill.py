@@ -113,9 +113,8 @@ async def test_transparent_background_gives_a_real_alpha(classic: Harness) -> No
 
 
 async def test_streaming_sends_real_intermediate_stages(classic: Harness) -> None:
-    """Partials are the coarse fill (blocky) and its upscaled version before the seam
-    correction: states of this very fill, different from each other and from the result."""
-    # A hole larger than the engine's full-resolution budget, so the fill runs coarse to fine.
+    """Partials are the diffusion fill and the structure (FSR) fill that the result blends:
+    states of this very fill, different from each other and from the result."""
     src = photo(192)
     hole = _hole(192, (40, 40, 140, 130))
     stream = await classic.sdk.images.edit(
@@ -132,7 +131,8 @@ async def test_streaming_sends_real_intermediate_stages(classic: Harness) -> Non
             partials.append(pixels(event.b64_json))
         elif event.type == "image_edit.completed":
             finals.append(pixels(event.b64_json))
-    assert len(finals) == 1 and len(partials) == 2
+    assert len(finals) == 1
+    assert len(partials) == 2
     final = finals[0]
     for partial in partials:
         assert partial.shape == final.shape

@@ -44,7 +44,8 @@ async def test_unsupported_prompt_is_refused(classic: Harness, prompt: str) -> N
     assert error.status_code == 400
     assert error.code == "unsupported_instruction"
     body = error.body
-    assert isinstance(body, dict) and body.get("param") == "prompt"
+    assert isinstance(body, dict)
+    assert body.get("param") == "prompt"
     assert "black and white" in error.message  # what it can do
     assert "retouch serve --model" in error.message  # how to get a generative model
 

@@ -2,6 +2,8 @@
 
 The method, chosen by measurement (``bench/classic.py``, ``docs/classic-engine.md``):
 
+0. **Diffusion** — OpenCV's Navier-Stokes inpainting at full resolution: smooth, fast, good
+   on gradients, but it smears structure.
 1. **Coarse structure** — OpenCV's frequency-selective reconstruction
    (``cv2.xphoto.inpaint``, ``INPAINT_FSR_FAST``) at a scale where the hole has at most
    ``budget`` pixels. FSR continues edges and smooth shading better than Telea or
@@ -10,6 +12,9 @@ The method, chosen by measurement (``bench/classic.py``, ``docs/classic-engine.m
    pixels. The difference between the image and the coarse fill is interpolated into the hole
    as a membrane (a harmonic function solved coarse to fine), and added back: the fill then
    matches its border exactly and keeps the coarse structure inside.
+3. **Blend** — 70 % of (2) and 30 % of (0). The two fail differently (FSR invents edges that
+   may be wrong, diffusion has none), and their average is closer to the truth than either:
+   measured on scikit-image's photos it raises both SSIM and PSNR inside the hole.
 
 Only the pixels of the edit area change; everything else is copied byte for byte.
 """
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -30,8 +34,10 @@ from retouch.engine.types import Pixels
 FloatImage = npt.NDArray[np.float32]
 BoolMask = npt.NDArray[np.bool_]
 
-DEFAULT_BUDGET = 6000
-"""Hole pixels given to FSR at the coarse scale: ~1 s of FSR on one core (measured)."""
+DEFAULT_BUDGET = 4500
+"""Hole pixels given to FSR at the coarse scale: about 1 s of FSR on one core (measured)."""
+DIFFUSION_WEIGHT = 0.3
+"""Share of the Navier-Stokes fill in the result (0.25-0.5 measured about equally well)."""
 
 _MEMBRANE_KERNEL = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
 _MARGIN = 24
@@ -39,18 +45,7 @@ _MARGIN = 24
 neighbouring blocks; the membrane needs a border)."""
 
 
-@dataclass(frozen=True)
-class FillStages:
-    """Real intermediate states, for partial images: the coarse fill as computed (blocky)
-    and the upscaled coarse fill before the seam correction. A hole small enough to fill at
-    full resolution has no such states (the hook then gets None twice)."""
-
-    coarse: Pixels
-    upscaled: Pixels
-
-
-StageHook = Callable[[Pixels | None], None]
-"""Receives each intermediate state, or None for a stage that had nothing new to show."""
+StageHook = Callable[[Pixels], None]
 
 
 def fill(
@@ -65,7 +60,8 @@ def fill(
 
     ``variant`` 0 is the canonical fill; other values change the coarse scale a little,
     which gives a different, deterministic fill (for ``n > 1``). ``on_stage`` receives the
-    intermediate whole images (coarse, then upscaled) as they are computed.
+    two intermediate whole images as they are computed: the diffusion fill, then the
+    structure (FSR) fill before the blend.
     """
     if not hole.any():
         return rgb.copy()
@@ -74,14 +70,30 @@ def fill(
     out = rgb.copy()
     y0, y1, x0, x1 = _crop_box(hole, _MARGIN * max(1.0, _scale(int(hole.sum()), budget)))
     crop, crop_hole = rgb[y0:y1, x0:x1], hole[y0:y1, x0:x1]
-    scale = _fit_scale(crop_hole, budget) * _variant_factor(variant)
-    coarse, upscaled = _coarse_fill(crop, crop_hole, scale)
+    diffusion = _diffusion(crop, crop_hole)
     if on_stage is not None:
-        full_size = coarse is upscaled
-        on_stage(None if full_size else _paste(out, crop_hole, coarse, (y0, x0)))
-        on_stage(None if full_size else _paste(out, crop_hole, upscaled, (y0, x0)))
-    filled = _seamless(crop, crop_hole, upscaled)
-    return _paste(out, crop_hole, filled, (y0, x0))
+        on_stage(_paste(out, crop_hole, diffusion, (y0, x0)))
+    scale = _fit_scale(crop_hole, budget) * _variant_factor(variant)
+    upscaled = _coarse_fill(crop, crop_hole, scale)
+    structure = _seamless(crop, crop_hole, upscaled)
+    if on_stage is not None:
+        on_stage(_paste(out, crop_hole, structure, (y0, x0)))
+    w = DIFFUSION_WEIGHT
+    blended = u8(cv2.addWeighted(structure, 1.0 - w, diffusion, w, 0.0))
+    return _paste(out, crop_hole, blended, (y0, x0))
+
+
+def _diffusion(crop: Pixels, hole: BoolMask) -> Pixels:
+    """Navier-Stokes inpainting (one or three 8-bit channels at a time)."""
+    unknown = hole.astype(np.uint8)
+    if crop.ndim == 2 or crop.shape[2] in (1, 3):
+        return u8(cv2.inpaint(crop, unknown, 3, cv2.INPAINT_NS)).reshape(crop.shape)
+    colour = u8(cv2.inpaint(np.ascontiguousarray(crop[:, :, :3]), unknown, 3, cv2.INPAINT_NS))
+    rest = [
+        u8(cv2.inpaint(np.ascontiguousarray(crop[:, :, c]), unknown, 3, cv2.INPAINT_NS))
+        for c in range(3, crop.shape[2])
+    ]
+    return np.dstack([colour, *rest])
 
 
 def _scale(hole_pixels: int, budget: int) -> float:
@@ -124,8 +136,8 @@ def _paste(base: Pixels, hole: BoolMask, values: Pixels, at: tuple[int, int]) ->
     return out
 
 
-def _coarse_fill(crop: Pixels, hole: BoolMask, scale: float) -> tuple[Pixels, Pixels]:
-    """FSR at 1/scale; returns (blocky coarse state, smooth upscaled state), both full size."""
+def _coarse_fill(crop: Pixels, hole: BoolMask, scale: float) -> Pixels:
+    """FSR at 1/scale, upscaled (bicubic) to the crop's size."""
     h, w = hole.shape
     if scale <= 1.0:
         small, small_hole = crop, hole
@@ -135,16 +147,15 @@ def _coarse_fill(crop: Pixels, hole: BoolMask, scale: float) -> tuple[Pixels, Pi
         small_hole = _coarse_hole(hole, size)
     result = _fsr(small, small_hole)
     if result.shape[:2] == (h, w):
-        return result, result
-    blocky = u8(cv2.resize(result, (w, h), interpolation=cv2.INTER_NEAREST))
-    smooth = u8(cv2.resize(result, (w, h), interpolation=cv2.INTER_CUBIC))
-    return _as3(blocky, crop), _as3(smooth, crop)
+        return result
+    return _as3(u8(cv2.resize(result, (w, h), interpolation=cv2.INTER_CUBIC)), crop)
 
 
 def _coarse_hole(hole: BoolMask, size: tuple[int, int]) -> BoolMask:
     """Any coarse pixel that touches the hole is unknown: a partly-hole average would smear
     the removed object into the fill."""
-    small = cv2.resize(hole.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+    # Resize a float mask: a uint8 0/1 mask would round a 30 %-hole pixel down to "known".
+    small: BoolMask = cv2.resize(f32(hole), size, interpolation=cv2.INTER_AREA) > 0
     if small.all():
         small = cv2.resize(hole.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     return small

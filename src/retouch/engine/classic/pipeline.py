@@ -32,7 +32,6 @@ STAGES = {"fill": 3, "sketch": 3, "cartoon": 3}
 """Work stages per operation (intermediate states that can become partial images)."""
 
 StageHook = Callable[[Pixels], None]
-OptionalStageHook = Callable[[Pixels | None], None]
 
 
 def stage_count(plan: Sequence[Op]) -> int:
@@ -85,10 +84,9 @@ class Stages:
     chosen: set[int] = field(default_factory=set)
     done: int = 0
 
-    def reached(self, image: Callable[[], Pixels] | None) -> None:
-        """A stage is done; ``image`` is None when it has nothing new to show."""
+    def reached(self, image: Callable[[], Pixels]) -> None:
         self.done += 1
-        if self.publish is not None and image is not None and self.done in self.chosen:
+        if self.publish is not None and self.done in self.chosen:
             self.publish(image())
 
 
@@ -136,13 +134,8 @@ def render(
     return _to_size(composed(), job.size)
 
 
-def _stage(
-    canvas: Canvas, image: Pixels | None, stages: Stages, composed: Callable[[], Pixels]
-) -> None:
+def _stage(canvas: Canvas, image: Pixels, stages: Stages, composed: Callable[[], Pixels]) -> None:
     """An operation's own intermediate state: show it as the current colours for a moment."""
-    if image is None:
-        stages.reached(None)
-        return
     kept = canvas.rgb
     canvas.rgb = image[:, :, :3] if image.ndim == 3 and image.shape[2] > 3 else image
     try:
@@ -177,7 +170,7 @@ def _apply(
     mask: Pixels | None,
     settings: Settings,
     variant: int,
-    on_stage: OptionalStageHook,
+    on_stage: StageHook,
 ) -> None:
     name = op.name
     if name == "fill":
@@ -207,9 +200,7 @@ def _apply(
         raise ValueError(f"unknown operation {name!r}")
 
 
-def _fill(
-    canvas: Canvas, mask: Pixels, budget: int, variant: int, on_stage: OptionalStageHook
-) -> None:
+def _fill(canvas: Canvas, mask: Pixels, budget: int, variant: int, on_stage: StageHook) -> None:
     hole = mask > 0
     if canvas.alpha is None:
         canvas.rgb = fill(canvas.rgb, hole, budget=budget, variant=variant, on_stage=on_stage)
