@@ -3,7 +3,10 @@
     python bench/classic.py                # speed + quality (about 1-2 minutes on one core)
     python bench/classic.py --quality-only --methods all   # also FSR at full size, shift-map
 
-Everything runs on ONE core (process pinned, OpenCV single-threaded), as the targets say:
+Everything runs on ONE core (process pinned, OpenCV single-threaded), as the targets say.
+Each speed figure is given twice: wall time, and the process's CPU time. On a shared machine
+other processes stretch the wall time; the CPU time of a single-threaded run is what an idle
+core would take, and it is what the targets are checked against.
 * every instruction except fill under 150 ms on a 1024x1024 photo;
 * fill of a hole covering 10 % of a 1024x1024 photo under 3 s;
 * fill quality on real photographs (scikit-image's sample photos) with holes cut into them:
@@ -86,13 +89,15 @@ def _job(prompt: str, images: tuple[np.ndarray, ...], mask: np.ndarray | None = 
     )
 
 
-def _timed(fn: Callable[[], object], repeat: int) -> float:
-    times = []
+def _timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median (wall seconds, CPU seconds) over ``repeat`` runs."""
+    wall, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def blob_holes(h: int, w: int, seed: int, fraction: float = 0.10) -> np.ndarray:
@@ -137,24 +142,27 @@ def speed(repeat: int) -> None:
     big = cv2.resize(photos()["astronaut"], (1024, 1024), interpolation=cv2.INTER_CUBIC)
     second = cv2.resize(photos()["coffee"], (1024, 1024), interpolation=cv2.INTER_CUBIC)
     engine = ClassicEngine()
-    print("== speed: 1024x1024, one core, median of", repeat, "runs (target < 150 ms)")
+    print(f"== speed: 1024x1024, one core, median of {repeat} runs (target < 150 ms CPU)")
+    print(f"  {'instruction':40s} {'wall':>9s} {'cpu':>9s}")
     worst = 0.0
     for prompt in SPEED_PROMPTS:
         images = (big, second) if "second image" in prompt else (big,)
         job = _job(prompt, images)
         engine.check(job)
-        seconds = _timed(lambda job=job: engine.run(job, _Progress()), repeat)
-        worst = max(worst, seconds)
-        flag = "ok" if seconds < 0.150 else "SLOW"
-        print(f"  {prompt:40s} {seconds * 1000:7.1f} ms  {flag}")
-    print(f"  slowest: {worst * 1000:.1f} ms")
-    print("== fill speed: 1024x1024, hole 10 % of the image (target < 3 s)")
+        wall, cpu = _timed(lambda job=job: engine.run(job, _Progress()), repeat)
+        worst = max(worst, cpu)
+        flag = "ok" if cpu < 0.150 else "SLOW"
+        print(f"  {prompt:40s} {wall * 1000:6.1f} ms {cpu * 1000:6.1f} ms  {flag}")
+    print(f"  slowest (cpu): {worst * 1000:.1f} ms")
+    print("== fill speed: 1024x1024, hole 10 % of the image (target < 3 s CPU)")
     for name, hole in (("blobs", blob_holes(1024, 1024, 3)), ("one box", box_hole(1024, 1024))):
         mask = np.where(hole, 255, 0).astype(np.uint8)
         job = _job("remove the object", (big,), mask)
-        seconds = _timed(lambda job=job: engine.run(job, _Progress()), max(1, repeat // 2))
-        flag = "ok" if seconds < 3.0 else "SLOW"
-        print(f"  {name:10s} hole {hole.mean() * 100:4.1f} %  {seconds:6.2f} s  {flag}")
+        wall, cpu = _timed(lambda job=job: engine.run(job, _Progress()), max(1, repeat // 2))
+        flag = "ok" if cpu < 3.0 else "SLOW"
+        print(
+            f"  {name:10s} hole {hole.mean() * 100:4.1f} %  wall {wall:5.2f} s  cpu {cpu:5.2f} s  {flag}"
+        )
 
 
 def _ring_mean(image: np.ndarray, hole: np.ndarray) -> np.ndarray:

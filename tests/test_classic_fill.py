@@ -164,3 +164,15 @@ async def test_n_fill_gives_distinct_variations(classic: Harness) -> None:
     a, b = await edit_all(classic, "remove the object", src, mask=hole, n=2)
     assert not np.array_equal(a[hole], b[hole])
     assert np.array_equal(a[~hole], b[~hole])
+
+
+async def test_rgba_input_keeps_its_alpha_outside_the_hole(classic: Harness) -> None:
+    src = np.dstack([photo(128), np.full((128, 128), 255, np.uint8)])
+    src[:20, :20, 3] = 0  # a transparent corner the edit must keep
+    hole = _hole(128, (40, 50, 80, 85))
+    out = await edit(classic, "remove the object", src, mask=hole)
+    assert out.shape == (128, 128, 4)
+    assert np.array_equal(out[~hole], src[~hole])
+    grey = await edit(classic, "black and white", src)
+    assert np.array_equal(grey[..., 3], src[..., 3])
+    assert np.array_equal(grey[..., 0], grey[..., 1])

@@ -7,7 +7,7 @@ separation), ``text`` (text rendering with the bundled font), ``pipeline`` (runs
 job). See ``docs/classic-engine.md``.
 
 Options (``ModelSettings.options``): ``fill_budget`` (hole pixels filled at the coarse scale,
-default 6000; larger is slower and sharper), ``font`` (path of a font for text the bundled
+default 4500; larger is slower and sharper), ``font`` (path of a font for text the bundled
 font cannot draw, e.g. a CJK font).
 """
 
