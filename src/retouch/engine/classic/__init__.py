@@ -1,14 +1,155 @@
-"""Placeholder for the built-in classic engine (issue: the built-in offline engine)."""
+"""``classic``: the built-in offline engine. Real, deterministic edits with classical image
+processing (OpenCV, Pillow), no model weights, and a plain refusal for anything else.
+
+Modules: ``grammar`` + ``phrases`` (prompt -> operations), ``operations`` (the ``Op`` type),
+``ops`` (colour and filter operations), ``fill`` (inpainting), ``matting`` (foreground
+separation), ``text`` (text rendering with the bundled font), ``pipeline`` (runs a plan on a
+job). See ``docs/classic-engine.md``.
+
+Options (``ModelSettings.options``): ``fill_budget`` (hole pixels filled at the coarse scale,
+default 4500; larger is slower and sharper), ``font`` (path of a font for text the bundled
+font cannot draw, e.g. a CJK font).
+"""
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
-from retouch.engine.echo import EchoEngine
-from retouch.engine.types import EngineInfo
+from retouch.engine.classic import pipeline
+from retouch.engine.classic.fill import DEFAULT_BUDGET
+from retouch.engine.classic.grammar import NotUnderstood, parse
+from retouch.engine.classic.operations import GEOMETRIC, VARIABLE, Op
+from retouch.engine.classic.text import font_paths, missing_characters
+from retouch.engine.types import EditJob, EditOutput, EngineInfo, Progress
+from retouch.errors import UnsupportedInstruction
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = (
+    "black and white, sepia, brighter/darker, more/less contrast, more/less saturation, "
+    "warmer/cooler, blur, sharpen, pixelate, invert, flip/mirror, rotate by 90/180 degrees, "
+    "pencil sketch, cartoon, posterize, vignette, crop to the subject, add the text '...', "
+    "remove the background, a plain colour background, the second image as background, blur "
+    "the background, and remove what a mask marks (fill); several in one prompt, in English "
+    "or Chinese"
+)
+GENERATIVE_HINT = (
+    "For generative edits, serve a model, e.g. `retouch serve --model "
+    "klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B` (see the README)."
+)
 
 
-class ClassicEngine(EchoEngine):
+@functools.lru_cache(maxsize=256)
+def _parse(prompt: str) -> tuple[Op, ...]:
+    return tuple(parse(prompt))
+
+
+class ClassicEngine:
     def __init__(self, name: str = "classic", options: dict[str, Any] | None = None) -> None:
-        super().__init__(name, options)
-        self.info = EngineInfo(name=name, description="Classical image processing, no weights.")
+        opts = options or {}
+        font = opts.get("font")
+        self.settings = pipeline.Settings(
+            fill_budget=int(opts.get("fill_budget", DEFAULT_BUDGET)),
+            font=str(font) if font else None,
+            fonts=tuple(font_paths(str(font) if font else None)),
+        )
+        self.info = EngineInfo(
+            name=name,
+            description="Built-in classical image processing (no model weights): "
+            "colour, filters, geometry, text, background and masked fill.",
+            max_images=2,
+        )
+
+    def load(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def check(self, job: EditJob) -> None:
+        self._plan(job)
+
+    def _plan(self, job: EditJob) -> tuple[Op, ...]:
+        try:
+            plan = _parse(job.prompt)
+        except NotUnderstood as exc:
+            raise self._refuse(f"it does not understand '{exc.fragment}'") from None
+        names = {op.name for op in plan}
+        has_mask = job.mask is not None
+        if has_mask and not bool(job.mask.any()):  # type: ignore[union-attr]
+            raise self._refuse("the mask has no transparent (editable) pixels")
+        if "fill" in names:
+            if not has_mask:
+                raise self._refuse(
+                    "removing an object needs a mask whose transparent pixels mark it"
+                )
+            if bool(job.mask.all()):  # type: ignore[union-attr]
+                raise self._refuse(
+                    "the mask covers the whole image, so there is nothing to fill from"
+                )
+        if has_mask and names & GEOMETRIC:
+            raise self._refuse(
+                "rotating or cropping changes the whole frame and cannot be limited to a mask"
+            )
+        for op in plan:
+            self._check_op(op, job)
+        used = 1 + max((op.image for op in plan if op.name == "background_image"), default=0)
+        if len(job.images) > used:
+            raise self._refuse(
+                f"it got {len(job.images)} images but uses a second image only as a background "
+                "('use the second image as background')"
+            )
+        return plan
+
+    def _check_op(self, op: Op, job: EditJob) -> None:
+        if op.name == "rotate" and op.degrees % 90:
+            raise self._refuse(f"it rotates by multiples of 90 degrees only, not {op.degrees}")
+        if op.name == "background_image" and len(job.images) <= op.image:
+            raise self._refuse("'use the second image as background' needs a second image")
+        if op.name == "text":
+            if not op.text:
+                raise self._refuse("the text to add is empty")
+            missing = missing_characters(op.text, self.settings.fonts)
+            if missing:
+                raise self._refuse(
+                    f"no installed font can draw {missing[:20]!r}; install a font that has "
+                    "these characters (for Chinese, Japanese or Korean: fonts-noto-cjk) or "
+                    "set the engine option 'font' to its path"
+                )
+
+    def _refuse(self, reason: str) -> UnsupportedInstruction:
+        return UnsupportedInstruction(
+            f"The built-in 'classic' engine cannot carry out this prompt: {reason}. "
+            f"It can do: {CAPABILITIES}. {GENERATIVE_HINT}",
+            param="prompt",
+        )
+
+    def run(self, job: EditJob, progress: Progress) -> EditOutput:
+        plan = self._plan(job)
+        varies = any(op.name in VARIABLE for op in plan)
+        images = []
+        for index in range(job.n if varies else 1):
+            progress.check()
+            images.append(
+                pipeline.render(
+                    job,
+                    plan,
+                    self.settings,
+                    variant=job.seed + index,
+                    publish=progress.partial if index == 0 else None,
+                    check=progress.check,
+                )
+            )
+        notes = []
+        if job.n > 1:
+            if varies:
+                notes.append(
+                    f"{job.n} distinct variations (seeds {job.seed}..{job.seed + job.n - 1})"
+                )
+            else:
+                notes.append("identical copies: the operations are deterministic")
+                images = images * job.n
+        log.debug("classic: %s -> %d image(s)", [op.name for op in plan], len(images))
+        return EditOutput(images=images, steps=pipeline.stage_count(plan), notes=notes)
