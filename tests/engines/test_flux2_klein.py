@@ -161,11 +161,12 @@ async def test_models_list_names_the_engine(klein: Harness) -> None:
     assert listed["klein"] == "retouch:flux2-klein"
 
 
-async def test_transparent_background_is_refused_without_foreground_extraction(
-    klein: Harness,
-) -> None:
-    if _engine(klein).info.supports_transparency:
-        pytest.skip("this install has the built-in foreground extraction")
-    with pytest.raises(openai.BadRequestError) as caught:
-        await klein.sdk.images.edit(model="klein", image=png(), prompt="x", background="transparent")
-    assert caught.value.param == "background"
+async def test_transparent_background_is_a_real_alpha_channel(klein: Harness) -> None:
+    result = await klein.sdk.images.edit(
+        model="klein", image=png(), prompt="x", background="transparent"
+    )
+    assert result.background == "transparent"
+    assert decode_b64(result.data[0].b64_json).mode == "RGBA"
+    jpeg = await klein.sdk.images.edit(model="klein", image=png(), prompt="x", background="opaque")
+    assert jpeg.background == "opaque"
+    assert decode_b64(jpeg.data[0].b64_json).mode == "RGB"

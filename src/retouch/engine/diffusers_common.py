@@ -15,11 +15,10 @@ steps; everything here is the part that is identical for all three:
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retouch.config import ModelSettings
+from retouch.engine.classic.matting import extract_foreground
 from retouch.engine.types import (
     EditJob,
     EditOutput,
@@ -248,23 +248,6 @@ def finish(job: EditJob, generated: list[Pixels]) -> list[Pixels]:
     return [composite(g, original, mask) for g in images]
 
 
-ForegroundFn = Callable[[Pixels], Pixels]
-
-
-def foreground_extractor() -> ForegroundFn | None:
-    """The built-in engine's foreground extraction (RGB -> RGBA), if this install has it.
-
-    ``background=transparent`` on a generative model runs it on the generated image; without
-    it the model declares no transparency support and the service answers 400.
-    """
-    try:
-        classic = importlib.import_module("retouch.engine.classic")
-    except ImportError:
-        return None
-    fn = getattr(classic, "extract_foreground", None)
-    return fn if callable(fn) else None
-
-
 def cpu_generators(seed: int, n: int) -> list[torch.Generator]:
     """One generator per output image (seed + index), on the CPU so a seed gives the same
     noise on any device."""
@@ -285,13 +268,12 @@ class DiffusersEngine:
             raise EngineLoadError(f"model {model.name!r}: invalid options: {exc}") from exc
         d = self.defaults
         self.max_images = self.options.max_images or d.max_images
-        self._foreground = foreground_extractor()
         self.info = EngineInfo(
             name=model.name,
             description=d.description,
             max_images=self.max_images,
             supports_mask=True,
-            supports_transparency=self._foreground is not None,
+            supports_transparency=True,
             generative=True,
         )
         self.device = resolve_device(model.device)
@@ -401,8 +383,8 @@ class DiffusersEngine:
         """Resize, composite outside the mask, and cut out the foreground when asked."""
         images = finish(job, generated)
         notes: list[str] = []
-        if job.background == "transparent" and self._foreground is not None:
-            images = [self._foreground(i) for i in images]
+        if job.background == "transparent":  # the built-in engine's matting, on the result
+            images = [extract_foreground(i) for i in images]
             notes.append("transparent background: foreground extracted by the built-in engine")
         return EditOutput(images=images, steps=steps, notes=notes)
 

@@ -87,3 +87,9 @@ def _guided_coefficients(
     a = cov / (var + eps)
     b = mean_p - a * mean_i
     return cv2.boxFilter(a, -1, k), cv2.boxFilter(b, -1, k)
+
+
+def extract_foreground(rgb: Pixels) -> Pixels:
+    """RGBA: ``rgb`` with the alpha of its main subject (used by the generative engines for
+    ``background=transparent``)."""
+    return np.dstack([rgb[:, :, :3], foreground_alpha(rgb[:, :, :3])])
