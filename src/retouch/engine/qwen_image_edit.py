@@ -90,7 +90,8 @@ class QwenImageEditEngine(DiffusersEngine):
         )
         place(self.pipe, self.model, self.device)
         accelerate(self.pipe.transformer, self.options, self.model.name)
-        self.inpaint = QwenImageEditInpaintPipeline.from_pipe(self.pipe)
+        # dtype: from_pipe would otherwise cast the shared modules to float32.
+        self.inpaint = QwenImageEditInpaintPipeline.from_pipe(self.pipe, dtype=self.pipe.transformer.dtype)
         self.inpaint.set_progress_bar_config(disable=True)
 
     def _release_pipelines(self) -> None:
