@@ -87,6 +87,13 @@ async def echo(harness_factory: Callable[..., Any], make_settings: Callable[...,
     return harness
 
 
+@pytest.fixture
+async def classic(harness_factory: Callable[..., Any], make_settings: Callable[..., Settings]) -> Harness:
+    """The app with its default settings: the built-in classic engine."""
+    harness: Harness = await harness_factory(make_settings())
+    return harness
+
+
 def png_bytes(
     size: tuple[int, int] = (64, 64), mode: str = "RGB", color: Any = (200, 40, 40), **save: Any
 ) -> bytes:

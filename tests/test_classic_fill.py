@@ -3,9 +3,6 @@ its fill quality against a trivial baseline on a real photograph."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -24,14 +21,6 @@ from tests.classic_helpers import (
 from tests.conftest import Harness, encode_image
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def classic(
-    harness_factory: Callable[..., Any], make_settings: Callable[..., Any]
-) -> Harness:
-    harness: Harness = await harness_factory(make_settings())
-    return harness
 
 
 def _hole(side: int, box: tuple[int, int, int, int]) -> np.ndarray:

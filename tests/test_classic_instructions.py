@@ -5,7 +5,6 @@ image is 255 - input, ...), so a no-op or a wrong operation fails."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import cv2
 import numpy as np
@@ -17,15 +16,6 @@ from tests.conftest import Harness
 pytestmark = pytest.mark.anyio
 
 Check = Callable[[np.ndarray, np.ndarray], None]
-
-
-@pytest.fixture
-async def classic(
-    harness_factory: Callable[..., Any], make_settings: Callable[..., Any]
-) -> Harness:
-    """The app with its default settings: the built-in classic engine."""
-    harness: Harness = await harness_factory(make_settings())
-    return harness
 
 
 def _f(a: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,14 +16,6 @@ from tests.classic_helpers import edit, edit_all, scene
 from tests.conftest import Harness
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def classic(
-    harness_factory: Callable[..., Any], make_settings: Callable[..., Any]
-) -> Harness:
-    harness: Harness = await harness_factory(make_settings())
-    return harness
 
 
 @pytest.mark.parametrize(
