@@ -11,6 +11,7 @@ import click
 
 from retouch import __version__
 from retouch.config import ModelSettings, Settings, load_settings
+from retouch.engine.types import Engine, EngineLoadError
 
 
 def parse_model_flag(value: str) -> ModelSettings:
@@ -79,7 +80,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"accounts database: {exc}") from None
-    app = build_app(settings, gate_factory=database_gate)
+    engines = load_engines(settings)
+    app = build_app(settings, engines=engines, gate_factory=database_gate)
     served = ", ".join(
         f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
     )
@@ -91,6 +93,23 @@ def serve(
         err=True,
     )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def load_engines(settings: Settings) -> dict[str, Engine]:
+    """Build and load every configured engine before the server starts, so a missing extra,
+    missing weights or a broken model stop ``serve`` with its own message (naming the model,
+    where it looked and the fix), not inside the ASGI server's start-up traceback."""
+    from retouch.engine.registry import build_engine
+
+    engines: dict[str, Engine] = {}
+    for model in settings.models:
+        try:
+            engine = build_engine(model)
+            engine.load()
+        except EngineLoadError as exc:
+            raise click.ClickException(str(exc)) from None
+        engines[model.name] = engine
+    return engines
 
 
 @main.group()

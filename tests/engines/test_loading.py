@@ -112,3 +112,21 @@ def test_loading_keeps_the_configured_dtype(klein_weights: Path) -> None:
             dtypes = {p.dtype for p in getattr(pipe, name).parameters()}
             assert dtypes == {torch.bfloat16}, (name, dtypes)
     engine.close()
+
+
+def test_serve_stops_with_the_fix_when_weights_are_missing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from retouch.cli import main
+
+    missing = tmp_path / "no-such-weights"
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--data-dir", str(tmp_path / "data"), "--port", "0",
+         "--model", f"klein=flux2-klein:{missing}"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "'klein'" in result.output
+    assert str(missing) in result.output
+    assert "retouch models pull klein" in result.output
+    assert "Traceback" not in result.output

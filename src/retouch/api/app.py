@@ -78,7 +78,8 @@ def build_app(
     engines: dict[str, Engine] | None = None,
     gate_factory: GateFactory = open_gate,
 ) -> Starlette:
-    """``engines`` overrides engines by model name (tests inject fakes this way)."""
+    """``engines``: already loaded engines by model name (``retouch serve`` loads them before
+    the server starts; tests inject fakes this way); the others are built and loaded here."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -118,8 +119,10 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
     await asyncio.to_thread(load_tokenizer)
     workers: dict[str, EngineWorker] = {}
     for model in settings.models:
-        engine = overrides.get(model.name) or build_engine(model)
-        await asyncio.to_thread(engine.load)
+        engine = overrides.get(model.name)
+        if engine is None:  # engines handed in were loaded by whoever built them
+            engine = build_engine(model)
+            await asyncio.to_thread(engine.load)
         workers[model.name] = EngineWorker(
             engine, workers=model.workers, max_queue=settings.queue.max_queue
         )
