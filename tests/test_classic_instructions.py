@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.classic_helpers import SIZE, edit, edit_all, scene, subject_mask
-from tests.conftest import Harness
+from tests.conftest import Harness, decode_b64
 
 pytestmark = pytest.mark.anyio
 
@@ -278,3 +278,23 @@ async def test_n_gives_variations_only_where_the_operation_allows(classic: Harne
     assert not np.array_equal(a, b)
     c, d = await edit_all(classic, "black and white", src, n=2)
     assert np.array_equal(c, d)
+
+
+async def test_auto_size_of_another_aspect_is_cropped_never_stretched(classic: Harness) -> None:
+    """gpt-image-1 with size auto turns a 4:3 input into 1536x1024: a circle stays round."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (256, 192), (30, 30, 30))
+    ImageDraw.Draw(image).ellipse((88, 56, 168, 136), fill=(250, 250, 250))
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    result = await classic.sdk.images.edit(
+        model="gpt-image-1", image=("a.png", buf.getvalue(), "image/png"), prompt="black and white"
+    )
+    assert result.size == "1536x1024"
+    out = np.asarray(decode_b64(result.data[0].b64_json).convert("L"))
+    ys, xs = np.nonzero(out > 128)
+    width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    assert abs(width / height - 1.0) < 0.05

@@ -145,11 +145,20 @@ def _stage(canvas: Canvas, image: Pixels, stages: Stages, composed: Callable[[],
 
 
 def _inputs(job: EditJob) -> tuple[Pixels, Pixels | None]:
-    source = fit(job.images[0], job.size)
-    mask = job.mask
-    if mask is not None and mask.shape[:2] != source.shape[:2]:
-        h, w = source.shape[:2]
-        mask = u8(cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST))
+    """The first image (and mask) at the output size. An output of another aspect ratio
+    (``size=auto`` picks one of OpenAI's fixed sizes) gets the input scaled to cover it and
+    centre-cropped: a classical edit must not distort the picture."""
+    image, mask = job.images[0], job.mask
+    h, w = image.shape[:2]
+    tw, th = job.size
+    if abs(w / h - tw / th) < 0.01:
+        source = fit(image, job.size)
+        if mask is not None and mask.shape[:2] != source.shape[:2]:
+            mask = u8(cv2.resize(mask, (tw, th), interpolation=cv2.INTER_NEAREST))
+        return source, mask
+    source = _cover(image, job.size)
+    if mask is not None:
+        mask = _cover(mask, job.size, cv2.INTER_NEAREST)
     return source, mask
 
 
@@ -262,13 +271,16 @@ def _combine_alpha(current: Pixels | None, matte: Pixels) -> Pixels:
     return matte.copy() if current is None else u8(cv2.min(current, matte))
 
 
-def _cover(image: Pixels, size: tuple[int, int]) -> Pixels:
+def _cover(image: Pixels, size: tuple[int, int], interpolation: int | None = None) -> Pixels:
     """Scale to cover ``size`` (width, height) and crop the centre: no distortion."""
     w, h = size
     ih, iw = image.shape[:2]
     scale = max(w / iw, h / ih)
     sw, sh = max(w, round(iw * scale)), max(h, round(ih * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    if interpolation is not None:
+        interp = interpolation
+    else:
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     scaled = cv2.resize(image, (sw, sh), interpolation=interp)
     x0, y0 = (sw - w) // 2, (sh - h) // 2
     return np.ascontiguousarray(scaled[y0 : y0 + h, x0 : x0 + w])
