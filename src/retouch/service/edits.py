@@ -204,10 +204,12 @@ class EditService:
             pixels = flatten(pixels)
         return encode(pixels, params.output_format, params.output_compression)
 
-    def _resolved_background(self, output: EditOutput, params: EditParams) -> str:
+    @staticmethod
+    def _background_of(images: list[Pixels], params: EditParams) -> str:
+        """What the encoded images really carry: alpha survives only in png/webp."""
         if params.output_format == "jpeg" or params.background == "opaque":
             return "opaque"
-        return "transparent" if any(i.shape[2] == 4 for i in output.images) else "opaque"
+        return "transparent" if any(i.shape[2] == 4 for i in images) else "opaque"
 
     def _usage(self, p: PreparedEdit, images_out: int, partials: int) -> Usage:
         return compute_usage(
@@ -300,7 +302,7 @@ class EditService:
             items = [_with_b64({}, b) for b in b64s]
         doc: dict[str, Any] = {"created": int(time.time())}
         if params.family != "dall-e-2":
-            doc.update(self._meta(p, self._resolved_background(output, params)))
+            doc.update(self._meta(p, self._background_of(output.images, params)))
             doc["usage"] = usage.wire()
         pieces = [orjson.dumps(doc)[:-1], b',"data":[']
         for i, item in enumerate(items):
@@ -352,7 +354,7 @@ class EditService:
                 partials += 1
             produced = len(output.images)
             usage = self._usage(p, produced, partials)
-            meta = self._meta(p, self._resolved_background(output, p.params))
+            meta = self._meta(p, self._background_of(output.images, p.params))
             for img in output.images:
                 b64 = await self._off_loop(self._encode_b64, img, p.params, p.job.size)
                 yield _sse(
@@ -383,7 +385,7 @@ class EditService:
 
     async def _partial_event(self, p: PreparedEdit, image: Pixels, index: int) -> bytes:
         b64 = await self._off_loop(self._encode_b64, image, p.params, p.job.size)
-        meta = self._meta(p, "transparent" if image.shape[2] == 4 and p.params.output_format != "jpeg" and p.params.background != "opaque" else "opaque")
+        meta = self._meta(p, self._background_of([image], p.params))
         return _sse(
             "image_edit.partial_image",
             {"type": "image_edit.partial_image", "created_at": int(time.time()),
