@@ -19,11 +19,11 @@ from tests.engines import tiny_pipelines  # noqa: E402
 
 torch.set_num_threads(1)  # oneDNN spin-waits badly on a shared 2-core machine (engines.md §8)
 
-TINY = {"max_pixels": 64 * 64, "min_pixels": 0, "max_sequence_length": 64}
+TINY = {"max_pixels": 64 * 64, "min_pixels": 0, "max_sequence_length": 64, "seed": 0}
 """Options every tiny model needs: a 64x64 generation budget and short prompts."""
 KLEIN_OPTIONS = {**TINY, "text_encoder_out_layers": [1]}  # the tiny encoder has 2 layers
 QWEN_OPTIONS = {**TINY, "steps": 2}
-SD_OPTIONS = {"max_pixels": 64 * 64, "min_pixels": 0, "steps": 4}
+SD_OPTIONS = {"max_pixels": 64 * 64, "min_pixels": 0, "steps": 4, "seed": 0}
 
 
 @pytest.fixture(scope="session")

@@ -53,6 +53,16 @@ async def test_references_change_the_result(klein: Harness) -> None:
     assert np.array_equal(pixels(one.data[0].b64_json), pixels(again.data[0].b64_json))
 
 
+async def test_without_a_seed_option_each_request_gets_a_new_image(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings], klein_weights: Path
+) -> None:
+    options = {k: v for k, v in KLEIN_OPTIONS.items() if k != "seed"}
+    h = await serve(harness_factory, make_settings, model("klein", "flux2-klein", klein_weights, options))
+    first = await h.sdk.images.edit(model="klein", image=png(), prompt="mix")
+    second = await h.sdk.images.edit(model="klein", image=png(), prompt="mix")
+    assert not np.array_equal(pixels(first.data[0].b64_json), pixels(second.data[0].b64_json))
+
+
 async def test_more_images_than_the_family_takes_is_a_400_naming_the_limit(klein: Harness) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await klein.sdk.images.edit(model="klein", image=[png()] * 5, prompt="mix")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,12 @@ class EngineOptions(BaseModel):
     )
     allow_download: bool = Field(
         False, description="Let 'serve' download missing hub weights instead of failing."
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="Base seed of every request, for reproducible outputs; none = a fresh random "
+        "seed per request (OpenAI's models give a new image on every call).",
     )
 
     @field_validator("compile", mode="before")
@@ -246,6 +253,12 @@ def finish(job: EditJob, generated: list[Pixels]) -> list[Pixels]:
     if (mask.shape[1], mask.shape[0]) != job.size:
         mask = np.asarray(Image.fromarray(mask).resize(job.size, Image.Resampling.BILINEAR))
     return [composite(g, original, mask) for g in images]
+
+
+def request_seed(job_seed: int, configured: int | None) -> int:
+    """The seed of one request: the configured one (reproducible) or a fresh random one."""
+    base = configured if configured is not None else secrets.randbits(31)
+    return base + job_seed
 
 
 def cpu_generators(seed: int, n: int) -> list[torch.Generator]:

@@ -30,6 +30,7 @@ from retouch.engine.diffusers_common import (
     diffusers_mask,
     pil_rgb,
     place,
+    request_seed,
     steps_run,
     to_pixels,
 )
@@ -133,7 +134,7 @@ class QwenImageEditEngine(DiffusersEngine):
             "prompt": job.prompt,
             "num_inference_steps": plan.steps,
             "num_images_per_prompt": job.n,
-            "generator": cpu_generators(job.seed, job.n),
+            "generator": cpu_generators(request_seed(job.seed, self.options.seed), job.n),
             "output_type": "np",
             "callback_on_step_end": tap,
             "callback_on_step_end_tensor_inputs": ["latents"],

@@ -26,6 +26,7 @@ from retouch.engine.diffusers_common import (
     diffusers_mask,
     pil_rgb,
     place,
+    request_seed,
     steps_run,
     to_pixels,
 )
@@ -97,7 +98,7 @@ class SDInpaintEngine(DiffusersEngine):
                 num_inference_steps=plan.steps,
                 guidance_scale=plan.guidance_scale,
                 num_images_per_prompt=job.n,
-                generator=cpu_generators(job.seed, job.n),
+                generator=cpu_generators(request_seed(job.seed, self.options.seed), job.n),
                 output_type="np",
                 callback_on_step_end=tap,
                 callback_on_step_end_tensor_inputs=["latents"],
