@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from retouch.engine.diffusers_common import composite, generation_size, steps_run
-from retouch.engine.previews import flow_x0, preview_steps
+from retouch.engine.previews import flow_x0
+from retouch.engine.types import preview_steps
 
 pytestmark = pytest.mark.torch
 

@@ -44,7 +44,7 @@ from retouch.errors import (
     retry_after_headers,
 )
 from retouch.scheduler import EngineWorker
-from retouch.service.edits import EditService, PreparedEdit
+from retouch.service.edits import EditService
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.tokens import load_tokenizer
@@ -230,7 +230,6 @@ async def _read_form(request: Request, settings: Settings) -> EditForm:
         raise RequestTimeout(
             f"The request body was not received within {limits.receipt_timeout_s:.0f} s."
         ) from None
-    form.idempotency_key = request.headers.get("idempotency-key")
     return form
 
 
@@ -341,4 +340,4 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
-__all__ = ["PreparedEdit", "Services", "build_app"]
+__all__ = ["Services", "build_app"]

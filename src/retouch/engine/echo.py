@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels, Progress
+from retouch.engine.types import (
+    EditJob,
+    EditOutput,
+    EngineInfo,
+    Pixels,
+    Progress,
+    preview_steps,
+)
 from retouch.imaging.encode import fit
 
 
@@ -40,7 +47,7 @@ class EchoEngine:
     def run(self, job: EditJob, progress: Progress) -> EditOutput:
         self.runs += 1
         source = fit(job.images[0], job.size)
-        emit_after = _preview_steps(self.steps, job.partial_images)
+        emit_after = preview_steps(self.steps, job.partial_images)
         for step in range(1, self.steps + 1):
             try:
                 progress.check()
@@ -57,11 +64,6 @@ class EchoEngine:
 
     def close(self) -> None:
         return None
-
-
-def _preview_steps(num_steps: int, partial_images: int) -> set[int]:
-    picks = {max(1, round(num_steps * (j + 1) / (partial_images + 1))) for j in range(partial_images)}
-    return {s for s in picks if s < num_steps}
 
 
 def _coarse(pixels: Pixels, factor: int) -> Pixels:

@@ -28,22 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from retouch.engine.types import Pixels, Progress
+from retouch.engine.types import Pixels, Progress, preview_steps
 from retouch.errors import Cancelled
 
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[torch.Tensor, dict[str, Any]], Pixels]
 """(latents of output 0 as the pipeline holds them, the denoiser's forward kwargs) -> RGB."""
-
-
-def preview_steps(num_steps: int, partial_images: int) -> frozenset[int]:
-    """Completed-step counts after which to publish a partial image: evenly spaced, never the
-    last step (that would be the final image), possibly fewer than asked for few steps."""
-    picks = {
-        max(1, round(num_steps * (j + 1) / (partial_images + 1))) for j in range(partial_images)
-    }
-    return frozenset(s for s in picks if s < num_steps)
 
 
 def flow_x0(scheduler: Any, x_next: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,15 @@ class Engine(Protocol):
         ...
 
 
+def preview_steps(num_steps: int, partial_images: int) -> frozenset[int]:
+    """Completed-step counts after which to publish a partial image: evenly spaced, never the
+    last step (that would be the final image), possibly fewer than asked for few steps."""
+    picks = {
+        max(1, round(num_steps * (j + 1) / (partial_images + 1))) for j in range(partial_images)
+    }
+    return frozenset(s for s in picks if s < num_steps)
+
+
 class EngineLoadError(RuntimeError):
     """A configured engine could not load; the message names the model, where it looked and
     the command that fixes it. Raised at start-up, never on a request."""

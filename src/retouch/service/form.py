@@ -27,6 +27,5 @@ class EditForm:
     images: list[Upload] = field(default_factory=list)
     """Input images in request order, whatever spelling they came in."""
     mask: Upload | None = None
-    idempotency_key: str | None = None
     json_body: bool = False
     """Sent as OpenAI's JSON edit variant (GPT-image models only, no ``response_format``)."""
