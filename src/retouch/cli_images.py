@@ -52,11 +52,13 @@ class Job:
 
 
 def output_format(output: Path | None, requested: str | None) -> str | None:
-    """``--format``, else the one ``-o``'s suffix names, else None (the server's default)."""
+    """The ``output_format`` to send: ``--format``, else the one ``-o``'s suffix names; None
+    (send nothing) for png, everyone's default, which models without output options (dall-e-2)
+    would refuse as a parameter."""
     implied = FORMAT_OF_SUFFIX.get(output.suffix.lower()) if output else None
     if requested and implied and output is not None and requested != implied:
         raise click.UsageError(f"-o {output} ends in {output.suffix} but --format is {requested}")
-    return requested or implied
+    return requested or (implied if implied != "png" else None)
 
 
 def output_paths(output: Path | None, default: Path, n: int, fmt: str) -> list[Path]:
