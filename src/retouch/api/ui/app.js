@@ -147,7 +147,7 @@ function applyModel() {
     ? `Family ${m.family}, engine ${m.engine}. Up to ${m.max_images} image${m.max_images > 1 ? "s" : ""}` +
       `${m.mask ? ", mask" : ""}${m.generations ? ", generates from text" : ""}.`
     : "This server does not describe its models; every OpenAI parameter is offered.";
-  $("model-info").textContent = info;
+  $("model-info").textContent = state.models.length ? info : "";
   for (const field of document.querySelectorAll("#params [data-param]")) {
     const name = field.dataset.param;
     field.hidden = !takes(name) || (mode() === "generate" && name === "input_fidelity");
@@ -563,6 +563,7 @@ async function run() {
     const response = await fetch(request.url, { ...request.init, signal: controller.signal });
     if (!response.ok) {
       const error = await errorMessage(response);
+      state.run.failed = true;
       showError(error, response.status);
       if (response.status === 401) askKey(`The server refused the key: ${error.message}`);
       return;
@@ -575,11 +576,12 @@ async function run() {
       (body.data || []).forEach((item, i) => addResult({ ...body, ...item, index: i }));
     }
   } catch (err) {
+    state.run.failed = true;
     if (err.name === "AbortError") showError({ message: "Cancelled." });
     else showError({ message: `The request failed: ${err.message}` });
   } finally {
     clearInterval(state.run.timer);
-    progressText(" · finished");
+    progressText(state.run.failed ? " · failed: the message is under the Run button" : " · finished");
     state.run = null;
     $("cancel").hidden = true;
     validate();
@@ -617,6 +619,7 @@ async function* readEvents(response) {
 function onEvent({ name, data }) {
   const type = data.type || name;
   if (type === "error" || data.error) {
+    state.run.failed = true;
     showError(data.error || { message: "The stream ended with an error." });
   } else if (type.endsWith(".partial_image")) {
     state.run.partials += 1;
