@@ -40,7 +40,7 @@ from retouch.bootstrap import (
 from retouch.config import ModelSettings, Settings
 from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
-from retouch.service.capabilities import model_capabilities
+from retouch.service.describe import model_capabilities
 
 log = logging.getLogger(__name__)
 

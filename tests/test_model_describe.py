@@ -1,4 +1,5 @@
-"""The ``retouch`` field of ``/v1/models`` entries says what the validator accepts, no more.
+"""The ``retouch`` field of ``/v1/models`` entries (service/describe.py) says what the validator
+accepts, no more.
 
 The playground builds its controls from this field, so every value offered must pass
 ``to_edit_params`` and the values the field leaves out must be refused."""
@@ -12,7 +13,7 @@ import pytest
 from retouch.config import ApiFamily, Limits
 from retouch.engine.types import EngineInfo
 from retouch.errors import RetouchError
-from retouch.service.capabilities import model_capabilities
+from retouch.service.describe import model_capabilities
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import ALLOWED_FIELDS, to_edit_params
 from tests.conftest import Harness
