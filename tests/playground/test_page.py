@@ -322,10 +322,9 @@ def test_phone_sized_screen(browser: Browser, server: LiveServer, tmp_path: Path
     assert run_box["height"] >= 36  # a finger-sized target
     run.tap()
     expect(page.locator("#progress-text")).to_contain_text("finished")
-    page.locator("#results-title").scroll_into_view_if_needed()
-    shot(page, "07-phone", full_page=False)
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#gallery .card")).to_have_count(1)
-    shot(page, "07-phone")
+    page.locator("#results-title").scroll_into_view_if_needed()
+    shot(page, "07-phone", full_page=False)
     assert console.errors == []
     page.context.close()
