@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Callable
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -16,7 +17,9 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from retouch.config import Settings, default_models
+from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import Accounts
+from tests.conftest import echo_models
 from tests.live import LiveServer
 from tests.playground.conftest import RecordingServer, cat_photo, open_page, shot
 
@@ -328,3 +331,40 @@ def test_phone_sized_screen(browser: Browser, server: LiveServer, tmp_path: Path
     shot(page, "07-phone", full_page=False)
     assert console.errors == []
     page.context.close()
+
+
+def test_pings_between_events_and_cancel(
+    browser: Browser, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Keep-alive comments between events are skipped; Cancel hangs up and the server stops the
+    engine (a slow echo engine, pinging every 50 ms)."""
+    engine = EchoEngine("echo", {"delay_s": 1.2, "steps": 4})
+    settings = make_settings(models=echo_models(), queue={"keepalive_s": 0.05})
+    with LiveServer(settings, engines={"echo": engine}) as server:
+        page, console = open_page(browser, server.url)
+        expect(page.locator("#model option[value=echo]")).to_have_count(1)
+        page.select_option("#model", "echo")
+        upload(page, tmp_path)
+        page.fill("#prompt", "anything")
+        page.fill("#partial_images", "3")
+        page.click("#run")
+        expect(page.locator("#partials li")).to_have_count(3)
+        expect(page.locator("#gallery .card")).to_have_count(1)
+        expect(page.locator("#error")).to_be_hidden()
+        engine.delay_s, engine.steps = 30.0, 100  # the next run is long enough to be cancelled
+        page.click("#run")
+        expect(page.locator("#cancel")).to_be_visible()
+        page.click("#cancel")
+        expect(page.locator("#error")).to_contain_text("Cancelled.")
+        wait_until(lambda: engine.cancelled_runs == 1, timeout=20)
+        expect(page.locator("#run")).to_be_enabled()
+        assert console.errors == []
+        page.context.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
