@@ -248,6 +248,20 @@ def test_images_by_drop_and_paste_reorder_and_remove(
     expect(alts.nth(0)).to_have_attribute("alt", "Image 1: pasted.png")
     canvas = page.locator("#mask-canvas")
     assert canvas.evaluate("c => [c.width, c.height]") == [120, 80]
+    # painting by keyboard: move the brush, hold Space while moving
+    painted = "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 === 3 && v).length"
+    canvas.focus()
+    expect(page.locator("#kbd-cursor")).to_be_visible()
+    page.keyboard.press("ArrowUp")
+    page.keyboard.down(" ")
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.up(" ")
+    assert canvas.evaluate(painted) > 0
+    page.click("#mask-clear")
+    assert canvas.evaluate(painted) == 0
+    page.click("#mask-invert")
+    assert canvas.evaluate(painted) == 120 * 80  # everything is to be edited
     page.get_by_role("button", name="Remove image 1").click()
     expect(page.locator("#thumbs li")).to_have_count(2)
     assert canvas.evaluate("c => [c.width, c.height]") == [451, 300]

@@ -388,6 +388,8 @@ function applyLayer() {
   const markup = layer() === "markup";
   $("mask-canvas").classList.toggle("inactive", markup);
   $("markup-canvas").classList.toggle("inactive", !markup);
+  $("mask-canvas").tabIndex = markup ? -1 : 0;  // only the layer being painted takes focus
+  $("markup-canvas").tabIndex = markup ? 0 : -1;
   $("markup-color").hidden = !markup;
   $("editor-title").firstChild.textContent = markup ? "Markup " : "Mask ";
   applyShow();
@@ -443,6 +445,47 @@ function onPointerUp() {
   if (!state.painting) return;
   state.painting = null;
   validate();
+}
+
+// Painting by keyboard: arrows move a brush cursor over the focused canvas, Space paints.
+const keyBrush = { x: 0.5, y: 0.5, down: false };
+
+function keyPoint(canvas) {
+  const rect = canvas.getBoundingClientRect();
+  return { x: keyBrush.x * canvas.width, y: keyBrush.y * canvas.height, scale: canvas.width / rect.width };
+}
+
+function showKeyCursor(canvas, visible) {
+  const cursor = $("kbd-cursor");
+  cursor.hidden = !visible;
+  if (!visible) return;
+  const size = `${$("brush-size").value}px`;
+  Object.assign(cursor.style, { left: `${keyBrush.x * 100}%`, top: `${keyBrush.y * 100}%`, width: size, height: size });
+}
+
+const MOVES = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+
+function onCanvasKey(event) {
+  const canvas = event.currentTarget;
+  if (canvas !== activeCanvas()) return;
+  if (event.key in MOVES) {
+    const [dx, dy] = MOVES[event.key];
+    const step = event.shiftKey ? 0.01 : 0.04;
+    const from = keyPoint(canvas);
+    keyBrush.x = Math.min(1, Math.max(0, keyBrush.x + dx * step));
+    keyBrush.y = Math.min(1, Math.max(0, keyBrush.y + dy * step));
+    if (keyBrush.down) stroke(canvas, from, keyPoint(canvas));
+    showKeyCursor(canvas, true);
+    event.preventDefault();
+  } else if (event.key === " ") {
+    if (!event.repeat) stroke(canvas, keyPoint(canvas), keyPoint(canvas));
+    keyBrush.down = true;
+    event.preventDefault();
+  }
+}
+
+function onCanvasKeyUp(event) {
+  if (event.key === " ") { keyBrush.down = false; validate(); }
 }
 
 function invertLayer() {
@@ -723,6 +766,10 @@ function init() {
     canvas.addEventListener("pointermove", onPointerMove);
     canvas.addEventListener("pointerup", onPointerUp);
     canvas.addEventListener("pointercancel", onPointerUp);
+    canvas.addEventListener("keydown", onCanvasKey);
+    canvas.addEventListener("keyup", onCanvasKeyUp);
+    canvas.addEventListener("focus", () => showKeyCursor(canvas, canvas === activeCanvas()));
+    canvas.addEventListener("blur", () => { keyBrush.down = false; showKeyCursor(canvas, false); });
   }
   $("brush-size").addEventListener("input", () => { $("brush-size-value").textContent = $("brush-size").value; });
   $("mask-invert").addEventListener("click", invertLayer);
