@@ -15,6 +15,8 @@ What it checks (the request-path bars):
 * ``/healthz`` p99 <= 10 ms;
 * the server's RSS at the start (after warm-up) and the end, and its peak.
 
+The server runs on the first half of the CPUs, the clients and the prober on the other half.
+
     python bench/saturation.py [--seconds 75] [--queue 4] [--run-s 0.5]
 """
 
@@ -124,7 +126,10 @@ def main() -> None:
         "RETOUCH_QUEUE__MAX_QUEUE": str(args.queue),
         "RETOUCH_LOG_LEVEL": "warning",
     }
-    cmd = [sys.executable, "-m", "retouch", "serve", "--port", str(port), "--data-dir", data_dir]
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, client_cpus = set(cpus[: len(cpus) // 2] or cpus), set(cpus[len(cpus) // 2 :])
+    cmd = ["taskset", "-c", ",".join(map(str, sorted(server_cpus))), sys.executable, "-m",
+           "retouch", "serve", "--port", str(port), "--data-dir", data_dir]  # fmt: skip
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
@@ -137,6 +142,7 @@ def main() -> None:
             for _ in range(3):  # warm-up: imports, first decode/encode, tokenizer
                 http.post("/v1/images/edits", files={"image": ("in.png", png, "image/png")},
                           data={"model": "echo", "prompt": "warm"}).raise_for_status()  # fmt: skip
+        os.sched_setaffinity(0, client_cpus)  # the clients stay off the server's CPUs
         rss_start = rss_mb(server.pid)
         probes: multiprocessing.Queue[list[float]] = multiprocessing.Queue()
         prober = multiprocessing.Process(target=probe, args=(base, args.seconds, probes))
