@@ -180,3 +180,32 @@ async def test_the_server_speaks_exactly_the_protocol_models(echo: Any) -> None:
     frames = [f for f in streamed.content.split(b"\n\n") if f.startswith(b"event: ")]
     types = [adapter.validate_json(f.split(b"data: ", 1)[1]).type for f in frames]
     assert types == ["image_edit.partial_image", "image_edit.completed"]
+
+
+async def test_authenticate_hands_the_keys_headers_to_every_response() -> None:
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from retouch.accounting.gate import Principal
+    from retouch.api.auth import authenticate
+    from retouch.errors import AuthenticationFailed
+
+    class Gate:
+        async def authenticate(self, authorization: str | None) -> Principal:
+            if authorization != "Bearer good":
+                raise AuthenticationFailed("no")
+            return Principal("k1", "alice", headers={"x-ratelimit-limit-requests": "10"})
+
+    app = SimpleNamespace(state=SimpleNamespace(services=SimpleNamespace(gate=Gate())))
+
+    def request(authorization: str) -> Request:
+        headers = [(b"authorization", authorization.encode())]
+        return Request({"type": "http", "app": app, "headers": headers, "state": {}})
+
+    good = request("Bearer good")
+    principal = await authenticate(good)
+    assert principal.key_id == "k1"
+    assert good.state.extra_headers == {"x-ratelimit-limit-requests": "10"}
+    with pytest.raises(AuthenticationFailed):
+        await authenticate(request("Bearer bad"))
