@@ -37,7 +37,8 @@ async def serve_case(case: Any, folder: Path, data: Path) -> Any:
     from retouch.config import ModelSettings, load_settings
 
     settings = load_settings(None, data_dir=data, models=[ModelSettings(
-        name="m", engine=case.engine, weights=str(folder), options=parity.OPTIONS[case.engine])])  # fmt: skip
+        name="m", engine=case.engine, weights=str(folder), options=parity.OPTIONS[case.engine],
+        **parity.SETTINGS.get(case.engine, {}))])  # fmt: skip
     app = build_app(settings)
     async with LifespanManager(app, startup_timeout=120) as manager:
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=manager.app), base_url="http://b")
@@ -57,7 +58,7 @@ def main() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     savers = {"flux2-klein": tiny_pipelines.save_tiny_klein, "qwen-image-edit": tiny_pipelines.save_tiny_qwen,
-              "sd-inpaint": tiny_pipelines.save_tiny_sd}  # fmt: skip
+              "sd-inpaint": tiny_pipelines.save_tiny_sd, "flux-kontext": tiny_pipelines.save_tiny_kontext}  # fmt: skip
     worst: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -33,8 +33,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "flux2-klein": {**TINY, "text_encoder_out_layers": [1]},
     "qwen-image-edit": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
     "sd-inpaint": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
+    "flux-kontext": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
 }
-"""klein keeps its own step table (2/4/4); Qwen's and SD's (20/30/40, 15/25/40) are shrunk
+SETTINGS: dict[str, dict[str, Any]] = {"flux-kontext": {"accept_license": "non-commercial"}}
+"""Model settings besides the options (Kontext's weights are non-commercial)."""
+"""klein keeps its own step table (2/4/4); Qwen's, SD's and Kontext's (20/30/40, 15/25/40,
+14/20/28) are shrunk
 through the ``steps`` option so the suite stays fast, and the mapping itself is read from the
 option like the defaults would be."""
 
@@ -198,6 +202,38 @@ def sd_inpaint(prompt: str, image: np.ndarray, alpha: np.ndarray | None, steps: 
     return call
 
 
+KONTEXT_COMMON: dict[str, Any] = {"guidance_scale": 2.5, "max_sequence_length": 64}
+
+
+def kontext_edit(prompt: str, image: np.ndarray, steps: int, gen_size: tuple[int, int],
+                 out_size: tuple[int, int] = SIZE) -> Callable[[Any], np.ndarray]:  # fmt: skip
+    def call(pipe: Any) -> np.ndarray:
+        w, h = gen_size
+        start = _pil(resize(image, gen_size))  # the documented resize to the generation size
+        result = pipe(prompt=prompt, image=start, height=h, width=w, max_area=w * h,
+                      _auto_resize=False, num_inference_steps=steps, generator=_generator(),
+                      **KONTEXT_COMMON)  # fmt: skip
+        return resize(_first(result), out_size)
+
+    return call
+
+
+def kontext_inpaint(prompt: str, image: np.ndarray, alpha: np.ndarray | None, steps: int,
+                    strength: float) -> Callable[[Any], np.ndarray]:  # fmt: skip
+    def call(pipe: Any) -> np.ndarray:
+        from diffusers import FluxKontextInpaintPipeline
+
+        inpaint = FluxKontextInpaintPipeline.from_pipe(pipe)
+        inpaint.set_progress_bar_config(disable=True)
+        result = inpaint(prompt=prompt, image=_pil(image), mask_image=_repaint(alpha), height=64,
+                         width=64, max_area=64 * 64, _auto_resize=False, strength=strength,
+                         num_inference_steps=steps, generator=_generator(), **KONTEXT_COMMON)  # fmt: skip
+        out = _first(result)
+        return out if alpha is None else keep_outside(out, image, alpha)
+
+    return call
+
+
 def small_qwen_constants() -> AbstractContextManager[Any]:
     """Qwen's pipelines resize inputs to ~1 MP (module constants); shrink them to 64x64 on
     both sides of the comparison (``tests/engines/conftest.py`` does the same)."""
@@ -261,6 +297,17 @@ def cases() -> list[Case]:
         Case("sd no mask", "sd-inpaint", {"prompt": "x"}, [a], sd_inpaint("x", a, None, 4, 0.75)),
         Case("sd no mask + input_fidelity=high", "sd-inpaint",
              {"prompt": "x", "input_fidelity": "high"}, [a], sd_inpaint("x", a, None, 4, 0.5)),
+        # FLUX.1-Kontext: guidance 2.5, max_area = the generation size, no auto-resize.
+        Case("kontext edit", "flux-kontext", {"prompt": "make it blue"}, [a],
+             kontext_edit("make it blue", a, 4, SIZE)),
+        Case("kontext quality=low size 96x48", "flux-kontext",
+             {"prompt": "x", "quality": "low", "size": "96x48"}, [a],
+             kontext_edit("x", a, 2, (80, 48), (96, 48))),
+        Case("kontext mask", "flux-kontext", {"prompt": "a rose"}, [a],
+             kontext_inpaint("a rose", a, hard, 4, 1.0), alpha=hard),
+        Case("kontext input_fidelity=high", "flux-kontext",
+             {"prompt": "x", "input_fidelity": "high", "quality": "medium"}, [a],
+             kontext_inpaint("x", a, None, 3, 0.8)),
         Case("sd mask n=2 (image 2)", "sd-inpaint", {"prompt": "a rose", "n": 2}, [a],
              sd_inpaint("a rose", a, hard, 4, 1.0, n=2, index=1), alpha=hard),
     ]
@@ -285,7 +332,8 @@ def load_reference(engine: str, folder: Path) -> Any:
         )
     else:
         cls = {"flux2-klein": diffusers.Flux2KleinPipeline,
-               "sd-inpaint": diffusers.StableDiffusionInpaintPipeline}[engine]  # fmt: skip
+               "sd-inpaint": diffusers.StableDiffusionInpaintPipeline,
+               "flux-kontext": diffusers.FluxKontextPipeline}[engine]  # fmt: skip
         pipe = cls.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -30,7 +30,8 @@ from tests.engines.helpers import pixels
 
 pytestmark = [pytest.mark.anyio, pytest.mark.torch]
 
-WEIGHTS = {"flux2-klein": "klein_weights", "qwen-image-edit": "qwen_weights", "sd-inpaint": "sd_weights"}
+WEIGHTS = {"flux2-klein": "klein_weights", "qwen-image-edit": "qwen_weights", "sd-inpaint": "sd_weights",
+           "flux-kontext": "kontext_weights"}  # fmt: skip
 CASES = parity.cases()
 _references: dict[str, Any] = {}
 
@@ -44,7 +45,8 @@ def case_env(
     async def start(case: parity.Case) -> tuple[Harness, Any]:
         folder: Path = request.getfixturevalue(WEIGHTS[case.engine])
         h = await serve(harness_factory, make_settings,
-                        model("m", case.engine, folder, parity.OPTIONS[case.engine]))  # fmt: skip
+                        model("m", case.engine, folder, parity.OPTIONS[case.engine],
+                              **parity.SETTINGS.get(case.engine, {})))  # fmt: skip
         if case.engine not in _references:
             _references[case.engine] = parity.load_reference(case.engine, folder)
         return h, _references[case.engine]

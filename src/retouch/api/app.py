@@ -32,7 +32,7 @@ from retouch.api.middleware import RequestContext
 from retouch.api.responses import PiecesResponse
 from retouch.api.usage import images_usage
 from retouch.config import ModelSettings, Settings
-from retouch.engine.registry import build_engine
+from retouch.engine.registry import build_engine, license_of
 from retouch.engine.types import Engine
 from retouch.errors import (
     InvalidRequest,
@@ -270,8 +270,10 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
 # -- models, blobs, health ------------------------------------------------------------------
 
 
-def _model_object(name: str, owner: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+def _model_object(name: str, model: ModelSettings) -> dict[str, Any]:
+    # "license" is retouch's addition (the weights' licence); OpenAI's clients keep extra keys.
+    return {"id": name, "object": "model", "created": 0, "owned_by": f"retouch:{model.engine}",
+            "license": license_of(model)}  # fmt: skip
 
 
 def _allowed(principal: Principal, name: str, model: ModelSettings) -> bool:
@@ -282,7 +284,7 @@ async def list_models(request: Request) -> Response:
     principal = await authenticate(request)
     routes = _services(request).routes
     data = [
-        _model_object(name, f"retouch:{m.engine}")
+        _model_object(name, m)
         for name, m in routes.names()
         if _allowed(principal, name, m)
     ]
@@ -294,7 +296,7 @@ async def get_model(request: Request) -> Response:
     name = request.path_params["model"]
     for known, model in _services(request).routes.names():
         if known == name and _allowed(principal, name, model):
-            return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
+            return Response(orjson.dumps(_model_object(name, model)),
                             media_type="application/json")  # fmt: skip
     raise NotFound(
         f"The model '{name}' does not exist or you do not have access to it.",

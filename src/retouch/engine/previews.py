@@ -147,6 +147,20 @@ def klein_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
     return decode
 
 
+def kontext_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
+    """FLUX.1 latents: packed 2x2 patches -> unpack -> undo scaling and shift -> VAE."""
+    width, height = size
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        vae = pipe.vae
+        latents = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        latents = _pool(latents, downscale)
+        return to_rgb8(vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0])
+
+    return decode
+
+
 def qwen_decoder(pipe: Any, downscale: int) -> Decoder:
     """Qwen-Image latents: packed 2x2 patches, grid read from the transformer's ``img_shapes``
     (the inpaint pipeline chooses its own size) -> de-normalise -> the video VAE, frame 0."""
