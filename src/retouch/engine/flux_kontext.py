@@ -103,7 +103,7 @@ class FluxKontextEngine(DiffusersEngine):
         }
 
         # 3. Denoise.
-        with tap.watching(pipe.transformer):
+        with tap.watching(pipe.transformer, cache_context=True):  # Kontext sets none itself
             if masked:
                 result = pipe(mask_image=diffusers_mask(job.mask, plan.size), strength=plan.strength, **common)
             else:

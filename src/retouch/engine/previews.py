@@ -72,10 +72,18 @@ class DenoiseTap:
         self.steps_done = 0
 
     @contextlib.contextmanager
-    def watching(self, denoiser: torch.nn.Module) -> Iterator[DenoiseTap]:
+    def watching(self, denoiser: torch.nn.Module, *, cache_context: bool = False) -> Iterator[DenoiseTap]:
+        """Hooks on for one pipeline call. ``cache_context``: for pipelines that do not name a
+        cache context around their denoiser calls themselves (FLUX.1-Kontext), without which
+        diffusers' step caches refuse to run; only for single-pass (no true CFG) calls."""
+        reset_step_cache(denoiser)
         handle = denoiser.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         try:
-            yield self
+            if cache_context and getattr(denoiser, "is_cache_enabled", False):
+                with denoiser.cache_context("cond"):  # type: ignore[operator]
+                    yield self
+            else:
+                yield self
         finally:
             handle.remove()
 
@@ -109,6 +117,15 @@ class DenoiseTap:
             self._broken = True
             return
         self.progress.partial(image)
+
+
+def reset_step_cache(denoiser: Any) -> None:
+    """Clear diffusers' step-cache state (first-block / TaylorSeer hooks). Pipelines reset it
+    only at the end of a call that completes (``maybe_free_model_hooks``): after a cancelled
+    or failed request the next request's first steps would be compared with, or predicted from,
+    someone else's latents."""
+    if getattr(denoiser, "is_cache_enabled", False):
+        denoiser._reset_stateful_cache()
 
 
 def to_rgb8(decoded: torch.Tensor) -> Pixels:
