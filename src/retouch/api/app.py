@@ -38,6 +38,7 @@ from retouch.bootstrap import (
     sweep_blobs,
 )
 from retouch.config import ModelSettings, Settings
+from retouch.engine.registry import license_of
 from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
 from retouch.service.describe import model_capabilities
@@ -101,6 +102,8 @@ def _model_object(services: Services, name: str, model: ModelSettings) -> dict[s
     return {
         "id": name, "object": "model", "created": 0, "owned_by": f"retouch:{model.engine}",
         "retouch": model_capabilities(name, family, info, services.settings.limits),
+        # the weights' licence (retouch's addition; OpenAI's clients keep extra keys)
+        "license": license_of(model),
     }  # fmt: skip
 
 
