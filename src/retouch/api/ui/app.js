@@ -60,7 +60,13 @@ function currentModel() { return state.models.find((m) => m.id === $("model").va
 
 function meta() { return (currentModel() && currentModel().retouch) || FALLBACK_META; }
 
-function takes(param) { return meta().params.includes(param); }
+// The fields the chosen model takes on the endpoint of the current mode (generations may take
+// fewer, e.g. no input_fidelity).
+function takes(param) {
+  const m = meta();
+  const list = mode() === "generate" && m.generation_params ? m.generation_params : m.params;
+  return list.includes(param);
+}
 
 function seconds(ms) { return `${(ms / 1000).toFixed(1)} s`; }
 
@@ -150,7 +156,7 @@ function applyModel() {
   $("model-info").textContent = state.models.length ? info : "";
   for (const field of document.querySelectorAll("#params [data-param]")) {
     const name = field.dataset.param;
-    field.hidden = !takes(name) || (mode() === "generate" && name === "input_fidelity");
+    field.hidden = !takes(name) || (name === "input_fidelity" && (mode() === "generate" || !m.input_fidelity.length));
   }
   $("partial_images").closest(".field").hidden = !m.stream || !takes("partial_images");
   const sizes = [...m.sizes];
@@ -160,6 +166,7 @@ function applyModel() {
   fillSelect($("output_format"), m.output_formats);
   fillSelect($("background"), m.backgrounds);
   fillSelect($("input_fidelity"), m.input_fidelity);
+  fillSelect($("complexity"), ["", ...(m.complexity || [])], true, { "": "default" });
   $("n").max = m.n_max;
   $("partial_images").max = m.partial_images_max;
   if (m.free_size) {
@@ -539,6 +546,7 @@ function commonFields() {
     fields.output_compression = String($("output_compression").value);
   }
   if (takes("background")) fields.background = $("background").value;
+  if (takes("complexity") && $("complexity").value) fields.complexity = $("complexity").value;
   if (m.stream) {
     fields.stream = "true";
     if (takes("partial_images")) fields.partial_images = String(Number($("partial_images").value));
