@@ -382,3 +382,41 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def test_generate_from_text(browser: Browser, make_settings: Callable[..., Settings]) -> None:
+    """Text to image on a model that can (the echo engine's blank canvas), compared with what
+    the API returns; on a server without the generations route the page says it cannot."""
+    with LiveServer(make_settings(models=echo_models())) as server:
+        body = {"model": "echo", "prompt": "a grey square", "size": "640x480"}
+        with server.http() as http:
+            probe = http.post("/v1/images/generations", json=body)
+            listed = http.get("/v1/models/echo").json()["retouch"]
+        page, console = open_page(browser, server.url)
+        expect(page.locator("#model option[value=echo]")).to_have_count(1)
+        page.check("input[name=mode][value=generate]")
+        page.select_option("#model", "echo")
+        page.fill("#prompt", body["prompt"])
+        page.select_option("#size", "custom")
+        page.fill("#size-w", "640")
+        page.fill("#size-h", "480")
+        if not listed["generations"]:  # the server says this model cannot generate
+            assert probe.status_code in (400, 404)
+            expect(page.locator("#problems")).to_contain_text("echo cannot generate images")
+            expect(page.locator("#run")).to_be_disabled()
+            page.context.close()
+            return
+        assert probe.status_code == 200, probe.text
+        page.click("#run")
+        card = page.locator("#gallery .card")
+        expect(card).to_have_count(1)
+        expect(card.locator("input[type=range]")).to_have_count(0)  # nothing to compare with
+        with page.expect_download() as download:
+            card.locator("a.download").click()
+        got = pixels(Path(download.value.path()).read_bytes())
+        expected = pixels(base64.b64decode(probe.json()["data"][0]["b64_json"]))
+        assert np.array_equal(got, expected)
+        expect(card).to_contain_text("640x480")
+        shot(page, "08-generated")
+        assert console.errors == []
+        page.context.close()
