@@ -223,8 +223,8 @@ async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
 
 @pytest.mark.live
 def test_an_early_429_reaches_the_sdk_over_a_real_socket(make_settings: Callable[..., Any]) -> None:
-    """The refusal goes out while the client is still uploading; the server discards the rest
-    of the body, keeps the connection, and the client reads the 429 once it has sent it all."""
+    """A refused multi-MB upload gets its 429 (not a reset connection), and the connection
+    stays usable."""
     import threading as th
 
     import httpx as httpx1

@@ -96,7 +96,7 @@ class _FormBuilder:
         return self.admission is not None and self.admission.refusal is not None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.refused:  # the rest of this chunk is not kept; the read stops after it
+        if self.refused:  # the rest of the body is read and dropped
             return
         part = self.part
         part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
@@ -240,9 +240,7 @@ async def read_multipart(
 ) -> EditForm:
     """Parse the body as it streams in. With an ``admission``, the request's queue ticket is
     taken when the ``model`` field arrives and buffered bytes count against the upload budget;
-    a refusal (429, 400, 503) is raised at once, without reading the rest of the body: the HTTP
-    server discards it by its Content-Length, keeps the connection, and the client reads the
-    answer when it has finished sending."""
+    a refusal (429, 400, 503) is raised once the body is in, its remaining bytes dropped."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -266,16 +264,21 @@ async def read_multipart(
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
-        if admission is not None:
-            admission.take_bytes(len(chunk))
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
+        if admission is not None and admission.refusal is not None:
+            continue  # refused: the rest is drained, neither parsed nor kept
         try:
             parser.write(chunk)
         except (InvalidRequest, PayloadTooLarge):
             raise
         except Exception:
             raise InvalidRequest("The multipart body is malformed.") from None
-        if admission is not None and admission.refusal is not None:
-            raise admission.refusal  # at once: the server discards the rest of the body
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     try:
         parser.finalize()
     except Exception:
@@ -296,9 +299,16 @@ async def read_json(
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
-        if admission is not None:
-            admission.take_bytes(len(chunk))
-        body += chunk
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
+                body.clear()
+        if admission is None or admission.refusal is None:
+            body += chunk
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -3,9 +3,9 @@
 A request takes its ticket as soon as its model is known: while the multipart body streams in,
 when the ``model`` field arrives (fields usually come before files), and otherwise once the body
 is in, but always before a single image is decoded. A full queue therefore costs a 429 and the
-bytes read so far, never a decode. The refusal is answered at once: the HTTP server discards the
-rest of the body by its framing (Content-Length or chunks) without handing it to the app, keeps
-the connection, and the client reads the answer when it has finished sending.
+bytes read so far, never a decode. After a refusal the rest of the body is read and dropped, not
+kept: the client is still sending it, and answering before it finishes would reset the
+connection under it.
 
 ``UploadBudget`` bounds the raw bytes held across all requests at once (``max_buffered_bytes``):
 every part's bytes are counted as they arrive and given back once the images are decoded.
