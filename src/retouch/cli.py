@@ -194,9 +194,9 @@ _add_account_commands()
 
 
 def _add_image_commands() -> None:
-    from retouch.cli_images import COMMANDS
+    from retouch.cli_images import ServeSetup, image_commands
 
-    for command in COMMANDS:
+    for command in image_commands(ServeSetup(build_settings, load_engines)):
         main.add_command(command)
 
 
