@@ -24,7 +24,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
+from retouch.accounting.gate import (
+    Gate,
+    OpenGate,
+    Principal,
+    ServingRefused,
+    StoredResponse,
+    serving_check,
+)
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
 from retouch.api.forms import RequestTimeout, read_json, read_multipart
@@ -43,6 +50,7 @@ from retouch.errors import (
     RetouchError,
     retry_after_headers,
 )
+from retouch.integers import ascii_int
 from retouch.scheduler import EngineWorker
 from retouch.service.edits import EditService
 from retouch.service.form import EditForm
@@ -79,7 +87,12 @@ def build_app(
     gate_factory: GateFactory = open_gate,
 ) -> Starlette:
     """``engines``: already loaded engines by model name (``retouch serve`` loads them before
-    the server starts; tests inject fakes this way); the others are built and loaded here."""
+    the server starts; tests inject fakes this way); the others are built and loaded here.
+
+    Safe by default: without keys (the open gate, or a database gate holding none) the app
+    refuses to serve on a non-loopback ``settings.host`` unless ``settings.insecure``."""
+    if gate_factory is open_gate:  # known open before start-up: say so at once
+        serving_check(settings, has_keys=False)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -127,6 +140,12 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
             engine, workers=model.workers, max_queue=settings.queue.max_queue
         )
     gate = await gate_factory(settings)
+    if gate.open_mode:
+        try:
+            serving_check(settings, has_keys=False)
+        except ServingRefused:
+            await gate.close()
+            raise
     store = LocalBlobStore(settings.data_dir / "blobs")
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
     edits = EditService(settings, routes, workers, gate, store, signer)
@@ -206,10 +225,10 @@ async def _release(gate: Gate, principal: Principal, key: str) -> None:
 
 async def _read_form(request: Request, settings: Settings) -> EditForm:
     limits = settings.limits
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+    length = ascii_int(request.headers.get("content-length"))
+    if length is not None and length > limits.max_body_bytes:
         raise PayloadTooLarge(
-            f"The request body ({int(length):,} bytes) is larger than the "
+            f"The request body ({length:,} bytes) is larger than the "
             f"{limits.max_body_bytes:,} bytes allowed."
         )
     content_type = request.headers.get("content-type", "")
@@ -306,11 +325,11 @@ async def get_model(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     services = _services(request)
     key = request.path_params["key"]
-    expires_raw = request.query_params.get("expires", "")
+    expires = ascii_int(request.query_params.get("expires"))
     signature = request.query_params.get("sig", "")
-    if not expires_raw.isdigit() or not services.signer.verify(key, int(expires_raw), signature):
+    if expires is None or not services.signer.verify(key, expires, signature):
         raise PermissionDenied("Invalid or tampered link signature.", code="invalid_signature")
-    if int(expires_raw) < time.time():
+    if expires < time.time():
         raise NotFound("This link has expired.", code="expired")
     blob = await asyncio.to_thread(services.store.get, key)
     if blob is None:
