@@ -12,14 +12,16 @@ import openai
 import uvicorn
 
 from retouch.api.app import build_app
+from retouch.api.server import server_config
 from retouch.config import Settings
 
 
 class LiveServer:
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
         self.app = build_app(settings, **app_kwargs)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+        # the production configuration (retouch serve), on a free loopback port
+        config = server_config(
+            self.app, settings, host="127.0.0.1", port=0, log_level="warning",
             timeout_graceful_shutdown=2,
         )  # fmt: skip
         self.server = uvicorn.Server(config)

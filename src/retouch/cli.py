@@ -63,6 +63,7 @@ def serve(
     import uvicorn
 
     from retouch.api.app import build_app
+    from retouch.api.server import server_config
 
     settings = build_settings(
         config, models, host=host, port=port, data_dir=data_dir,
@@ -92,7 +93,7 @@ def serve(
         + ("API keys required" if has_keys else "no API keys: serving open"),
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 def load_engines(settings: Settings) -> dict[str, Engine]:
