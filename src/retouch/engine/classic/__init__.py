@@ -17,11 +17,14 @@ import functools
 import logging
 from typing import Any
 
+from pydantic import Field
+
 from retouch.engine.classic import pipeline
 from retouch.engine.classic.fill import DEFAULT_BUDGET
 from retouch.engine.classic.grammar import NotUnderstood, parse
 from retouch.engine.classic.operations import GEOMETRIC, VARIABLE, Op
 from retouch.engine.classic.text import font_paths, missing_characters
+from retouch.engine.options import StrictOptions, parse_options
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Progress
 from retouch.errors import UnsupportedInstruction
 
@@ -46,14 +49,20 @@ def _parse(prompt: str) -> tuple[Op, ...]:
     return tuple(parse(prompt))
 
 
+class ClassicOptions(StrictOptions):
+    fill_budget: int = Field(
+        DEFAULT_BUDGET, gt=0, description="Hole pixels given to the fast fill at its coarse scale (about 1 s per 4500)."
+    )
+    font: str | None = Field(None, description="Font file for 'add the text' (default: bundled).")
+
+
 class ClassicEngine:
     def __init__(self, name: str = "classic", options: dict[str, Any] | None = None) -> None:
-        opts = options or {}
-        font = opts.get("font")
+        opts = parse_options(ClassicOptions, options, name=name, engine="classic")
         self.settings = pipeline.Settings(
-            fill_budget=int(opts.get("fill_budget", DEFAULT_BUDGET)),
-            font=str(font) if font else None,
-            fonts=tuple(font_paths(str(font) if font else None)),
+            fill_budget=opts.fill_budget,
+            font=opts.font,
+            fonts=tuple(font_paths(opts.font)),
         )
         self.info = EngineInfo(
             name=name,
