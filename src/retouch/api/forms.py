@@ -24,8 +24,9 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from retouch.config import Limits
 from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
-from retouch.service.form import EditForm, Upload
+from retouch.service.form import EditForm
 from retouch.service.params import ALLOWED_FIELDS
+from retouch.types import Upload
 
 _IMAGE = re.compile(r"^image(?:\[\]|\[([0-9]{1,3})\]|\.([0-9]{1,3})(?:\.items)?)?$")
 _MASK = {"mask", "mask[]"}

@@ -18,7 +18,7 @@ from types import ModuleType
 import numpy as np
 from PIL import Image
 
-from retouch.engine.types import Pixels
+from retouch.types import Pixels
 
 log = logging.getLogger(__name__)
 
