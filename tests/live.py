@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx2
@@ -14,6 +13,7 @@ import uvicorn
 from retouch.api.app import build_app
 from retouch.api.server import server_config
 from retouch.config import Settings
+from tests.waiting import wait_until
 
 
 class LiveServer:
@@ -30,11 +30,12 @@ class LiveServer:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
+        def started() -> bool:
+            if not self.thread.is_alive():
                 raise RuntimeError("the live uvicorn server did not start")
-            time.sleep(0.01)
+            return bool(self.server.started)
+
+        wait_until(started, timeout=60)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
 

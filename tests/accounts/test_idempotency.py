@@ -12,6 +12,7 @@ import pytest
 from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import Accounts, sdk_for
 from tests.conftest import Harness, echo_models, encode_image, gradient
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -106,8 +107,7 @@ async def test_in_flight_duplicate_gets_409_then_the_result(
     )
     sdk = sdk_for(h, secret)
     first = asyncio.ensure_future(_edit_raw(sdk, "slow"))
-    while engine.runs == 0:
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: engine.runs, timeout=10)
     with pytest.raises(openai.ConflictError) as err:
         await _edit_raw(sdk, "slow")
     assert err.value.code == "idempotency_key_in_use"
