@@ -133,8 +133,8 @@ class AccountSettings(_Group):
         8,
         ge=1,
         le=64,
-        description="Threads (and pooled connections) for a PostgreSQL accounts database; "
-        "SQLite always uses one writer thread.",
+        description="Threads (and pooled connections) for the accounts database; on SQLite "
+        "these are the reader threads, and writes go through one writer thread of their own.",
     )
     idempotency_ttl_s: int = Field(
         86400, gt=0, description="How long a response is kept for Idempotency-Key replays."

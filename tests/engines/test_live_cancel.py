@@ -13,11 +13,12 @@ import pytest
 import uvicorn
 
 from retouch.api.app import build_app
+from retouch.api.server import server_config
 from retouch.config import Settings
 from retouch.scheduler import EngineWorker, JobProgress
 from tests.engines.conftest import KLEIN_OPTIONS, model
 from tests.engines.helpers import png
-from tests.waiting import async_wait_until
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.torch, pytest.mark.live]
 
@@ -29,16 +30,20 @@ class LiveServer:
 
     def __init__(self, settings: Settings) -> None:
         self.app = build_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        # the production server configuration (retouch serve), on a free loopback port
+        config = server_config(self.app, settings, host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        while not self.server.started:
+
+        def started() -> bool:
             if not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.05)
+            return bool(self.server.started)
+
+        wait_until(started, timeout=120)
         return self
 
     @property
