@@ -10,30 +10,9 @@ from typing import Any
 import click
 
 from retouch import __version__
-from retouch.config import ModelSettings, Settings, load_settings
-from retouch.engine.types import Engine, EngineLoadError
+from retouch.cli_settings import build_settings, load_engines, parse_model_flag
 
-
-def parse_model_flag(value: str) -> ModelSettings:
-    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``."""
-    name, sep, rest = value.partition("=")
-    engine, _, weights = rest.partition(":")
-    if not sep or not name or not engine:
-        raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
-    try:
-        return ModelSettings(name=name, engine=engine, weights=weights or None)
-    except Exception as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def build_settings(config: Path | None, models: tuple[str, ...], **flags: Any) -> Settings:
-    overrides = dict(flags)
-    if models:
-        overrides["models"] = [parse_model_flag(m) for m in models]
-    try:
-        return load_settings(config, **overrides)
-    except Exception as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+__all__ = ["build_settings", "load_engines", "main", "parse_model_flag"]
 
 
 @click.group()
@@ -96,23 +75,6 @@ def serve(
     uvicorn.Server(server_config(app, settings)).run()
 
 
-def load_engines(settings: Settings) -> dict[str, Engine]:
-    """Build and load every configured engine before the server starts, so a missing extra,
-    missing weights or a broken model stop ``serve`` with its own message (naming the model,
-    where it looked and the fix), not inside the ASGI server's start-up traceback."""
-    from retouch.engine.registry import build_engine
-
-    engines: dict[str, Engine] = {}
-    for model in settings.models:
-        try:
-            engine = build_engine(model)
-            engine.load()
-        except EngineLoadError as exc:
-            raise click.ClickException(str(exc)) from None
-        engines[model.name] = engine
-    return engines
-
-
 @main.group()
 def models() -> None:
     """Model weights (generative engines)."""
@@ -132,7 +94,10 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
     configured = {n: m for m in settings.models for n in (m.name, *m.aliases)}
     if name in configured:
         model = configured[name]
-        if model.engine in ("classic", "echo"):
+        if model.engine == "classic":
+            _pull_classic(model.name, model.options)
+            return
+        if model.engine == "echo":
             raise click.ClickException(f"model {name!r} ({model.engine}) has no weights to pull")
         try:
             weights = weights_id(model)
@@ -157,6 +122,22 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
     click.echo(f"{weights} is in {folder}")
 
 
+def _pull_classic(name: str, options: dict[str, Any]) -> None:
+    """The classic engine's optional ONNX files (options matte_model, fill_model)."""
+    from retouch.engine.classic import model_files
+
+    try:
+        paths = model_files.pull(options, name=name)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    if not paths:
+        click.echo(
+            f"model {name!r} (classic) uses its bundled segmentation model; nothing to download"
+        )
+    for path in paths:
+        click.echo(f"{path}")
+
+
 @main.command("settings-doc")
 def settings_doc() -> None:
     """Print the settings reference (docs/settings.md)."""
@@ -173,6 +154,16 @@ def _add_account_commands() -> None:
 
 
 _add_account_commands()
+
+
+def _add_image_commands() -> None:
+    from retouch.cli_images import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_image_commands()
 
 if __name__ == "__main__":
     main()

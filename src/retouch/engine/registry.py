@@ -9,16 +9,33 @@ from __future__ import annotations
 import importlib
 
 from retouch.config import ModelSettings
+from retouch.engine.licences import LICENSES, NON_COMMERCIAL, license_of
 from retouch.engine.types import Engine, EngineLoadError
+
+__all__ = ["LICENSES", "NON_COMMERCIAL", "build_engine", "check_license", "license_of"]
 
 _GENERATIVE = {
     "flux2-klein": ("retouch.engine.flux2_klein", "Flux2KleinEngine"),
     "qwen-image-edit": ("retouch.engine.qwen_image_edit", "QwenImageEditEngine"),
     "sd-inpaint": ("retouch.engine.sd_inpaint", "SDInpaintEngine"),
+    "flux-kontext": ("retouch.engine.flux_kontext", "FluxKontextEngine"),
 }
+
+def check_license(model: ModelSettings) -> None:
+    """Refuse to start weights whose licence forbids commercial use unless the operator
+    acknowledged it with ``accept_license = "non-commercial"``."""
+    licence = license_of(model)
+    if NON_COMMERCIAL in licence and model.accept_license != NON_COMMERCIAL:
+        raise EngineLoadError(
+            f"model {model.name!r} ({model.engine}): the weights' licence is {licence!r}, which "
+            "does not allow commercial use. If your use is non-commercial, acknowledge it with "
+            f'accept_license = "{NON_COMMERCIAL}" in this model\'s settings '
+            f"(RETOUCH_MODELS__<i>__ACCEPT_LICENSE); otherwise serve a model with an open licence."
+        )
 
 
 def build_engine(model: ModelSettings) -> Engine:
+    check_license(model)
     if model.engine == "echo":
         from retouch.engine.echo import EchoEngine
 
