@@ -180,10 +180,10 @@ async def test_a_completed_edit_is_delivered_and_billed_once_when_storing_it_fai
     # The SDK's retry meanwhile must not run (and bill) the edit again.
     with pytest.raises(openai.ConflictError):
         await _edit_raw(sdk, "billed")
-    for _ in range(1000):  # the background retry stores it
-        if failures == 0 and await _stored(gate, secret):
-            break
-        await asyncio.sleep(0.01)
+    async def stored() -> bool:  # the background retry stores it
+        return failures == 0 and await _stored(gate, secret)
+
+    await async_wait_until(stored, timeout=10)
     replayed = await _edit_raw(sdk, "billed")
     assert replayed.headers["idempotent-replayed"] == "true"
     assert replayed.http_response.content == first.http_response.content
