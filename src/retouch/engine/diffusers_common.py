@@ -43,6 +43,7 @@ from retouch.engine.types import (
 from retouch.engine.weights import resolve_weights
 from retouch.errors import Cancelled, EngineFailed
 from retouch.imaging.encode import fit, flatten
+from retouch.integers import ascii_int
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ class EngineOptions(BaseModel):
     def _sizes(cls, sizes: list[str]) -> list[str]:
         for size in sizes:
             w, x, h = size.partition("x")
-            if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            width, height = ascii_int(w), ascii_int(h)
+            if not (x and width and height):
                 raise ValueError(f"warmup size {size!r} is not WIDTHxHEIGHT")
         return sizes
 
