@@ -161,7 +161,7 @@ def test_one_request_leaving_the_batch_does_not_spoil_the_others(
             results[i] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-    threads[0].start()  # the leader: its thread makes the pipeline call
+    threads[0].start()  # the leader: it opens the group and waits out the window
     for _ in range(500):
         if batched.coalescer._open:
             break
@@ -170,16 +170,16 @@ def test_one_request_leaving_the_batch_does_not_spoil_the_others(
     threads[2].start()
     assert held.entered.wait(30)
     assert held.calls >= 1
-    flags[1].event.set()  # request 2 goes away mid-batch
-    threads[1].join(10)
-    assert isinstance(results[1], Cancelled)  # it returned at once, the batch still running
-    assert 0 not in results
+    flags[0].event.set()  # the request that opened the batch goes away mid-batch
+    threads[0].join(10)
+    assert isinstance(results[0], Cancelled)  # it returned at once, the batch still running
+    assert 1 not in results
     assert 2 not in results
     held.release.set()
     for t in threads:
         t.join(30)
     assert batched.coalescer.sizes == [3]
-    assert close(results[0], want[0])
+    assert close(results[1], want[1])
     assert close(results[2], want[2])
     assert batched.steps_run == 3  # the batch ran all its steps for the two that stayed
 

@@ -7,25 +7,31 @@ size, steps, strength, guidance, ``n``):
 
 * the first job of a key opens a group and becomes its *leader*; it waits up to the window
   (``batch_window_ms``) for more jobs, or until the group is full (``batch_max_size``);
-* the leader then makes one pipeline call for the whole group (``run_group``), which hands
-  every member its own result or error;
-* every other member waits for its result; if its own request is cancelled meanwhile it
-  returns at once (``Cancelled``) and the group carries on without it — its row of the batch is
-  computed and dropped, nothing else changes. Only when every member is cancelled does the
-  group's step hook stop the pipeline.
+* the group then runs as one pipeline call (``run_group``) on the coalescer's own thread,
+  which hands every member its own result or error;
+* every member, the leader included, waits for its result on its own worker thread; if its
+  request is cancelled meanwhile it returns at once (``Cancelled``), freeing its slot, and the
+  group carries on without it — its row of the batch is computed and dropped, nothing else
+  changes. Only when every member is cancelled does the group's step hook stop the pipeline.
+  (Running the call on the leader's thread instead would keep a cancelled leader's slot, and
+  the scheduler's "ignored cancellation" alarm, busy until the whole batch ended.)
 
 Nothing here imports torch: it is plain threads, testable on its own.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from retouch.engine.types import EditJob, EditOutput, Progress
 from retouch.errors import Cancelled
+
+log = logging.getLogger(__name__)
 
 POLL_S = 0.02
 """How often a waiting member looks at its own cancel flag."""
@@ -60,6 +66,7 @@ class Coalescer:
         self.run_group = run_group
         self._lock = threading.Lock()
         self._open: dict[Hashable, Group] = {}
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="batch")
         self.sizes: list[int] = []
         """Size of every group run so far (tests and the benchmark)."""
 
@@ -76,8 +83,7 @@ class Coalescer:
                 group.full.set()
         if leader:
             self._lead(group)
-        else:
-            self._wait(member)
+        self._wait(member)
         if member.error is not None:
             raise member.error
         assert member.output is not None
@@ -95,16 +101,24 @@ class Coalescer:
                 del self._open[group.key]
         members = list(group.members)  # closed: no one joins from here on
         self.sizes.append(len(members))
+        self._runner.submit(self._run, members)
+
+    def _run(self, members: list[Member]) -> None:
         try:
             self.run_group(members)
         except BaseException as exc:  # the group's failure is every member's failure
+            if not isinstance(exc, Cancelled):
+                log.exception("a batch of %d jobs failed", len(members))
             for m in members:
                 if not m.done.is_set():
                     m.finish(error=exc)
-            raise
+            return
         for m in members:
             if not m.done.is_set():
                 m.finish(error=RuntimeError("the batch returned no result for this job"))
+
+    def close(self) -> None:
+        self._runner.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def _wait(member: Member) -> None:

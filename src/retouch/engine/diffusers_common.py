@@ -439,7 +439,7 @@ class DiffusersEngine:
         return "masked" if job.mask is not None else "plain"
 
     def _run_group(self, members: list[Member]) -> None:
-        """One pipeline call for a group from the coalescer (the leader's thread)."""
+        """One pipeline call for a group from the coalescer (on its batch thread)."""
         with self._lock:
             live = [m for m in members if not m.progress.cancelled]
             if len(live) == 1:  # exactly today's single-request call
@@ -455,6 +455,8 @@ class DiffusersEngine:
                 m.finish(error=Cancelled())
 
     def close(self) -> None:
+        if self.coalescer is not None:
+            self.coalescer.close()
         self._release_pipelines()
         self._free_memory()
 
