@@ -48,7 +48,7 @@ async def measure(engine: str, folder: Path, data: Path, options: dict[str, Any]
         accept_license="non-commercial")])  # fmt: skip
     app = build_app(settings)
     images = [encode_image(np.roll(gradient((64, 64)), 7 * i, axis=1)) for i in range(args.clients)]
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=120) as manager:
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=manager.app), base_url="http://b",
                                   timeout=600)  # fmt: skip
         sdk = openai.AsyncOpenAI(api_key="sk-bench", base_url="http://b/v1", http_client=http, max_retries=0)
