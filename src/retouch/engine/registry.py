@@ -31,15 +31,16 @@ weights (e.g. FLUX.2-klein-9B, non-commercial, on the flux2-klein engine)."""
 NON_COMMERCIAL = "non-commercial"
 
 
-def license_of(model: ModelSettings) -> str:
-    """The licence shown in ``/v1/models`` for a configured model."""
-    return model.license or LICENSES[model.engine]
+def license_of(model: ModelSettings) -> str | None:
+    """The licence shown in ``/v1/models`` for a configured model (None: not known here, e.g.
+    an engine kind added elsewhere that relays to another server)."""
+    return model.license or LICENSES.get(model.engine)
 
 
 def check_license(model: ModelSettings) -> None:
     """Refuse to start weights whose licence forbids commercial use unless the operator
     acknowledged it with ``accept_license = "non-commercial"``."""
-    licence = license_of(model)
+    licence = license_of(model) or ""
     if NON_COMMERCIAL in licence and model.accept_license != NON_COMMERCIAL:
         raise EngineLoadError(
             f"model {model.name!r} ({model.engine}): the weights' licence is {licence!r}, which "
