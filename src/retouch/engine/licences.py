@@ -18,6 +18,7 @@ weights (e.g. FLUX.2-klein-9B, non-commercial, on the flux2-klein engine)."""
 NON_COMMERCIAL = "non-commercial"
 
 
-def license_of(model: ModelSettings) -> str:
-    """The licence shown in ``/v1/models`` for a configured model."""
-    return model.license or LICENSES[model.engine]
+def license_of(model: ModelSettings) -> str | None:
+    """The licence shown in ``/v1/models`` for a configured model (None: not known here, e.g.
+    an engine kind added elsewhere that relays to another server)."""
+    return model.license or LICENSES.get(model.engine)

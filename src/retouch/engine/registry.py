@@ -24,7 +24,7 @@ _GENERATIVE = {
 def check_license(model: ModelSettings) -> None:
     """Refuse to start weights whose licence forbids commercial use unless the operator
     acknowledged it with ``accept_license = "non-commercial"``."""
-    licence = license_of(model)
+    licence = license_of(model) or ""
     if NON_COMMERCIAL in licence and model.accept_license != NON_COMMERCIAL:
         raise EngineLoadError(
             f"model {model.name!r} ({model.engine}): the weights' licence is {licence!r}, which "
