@@ -16,6 +16,7 @@ import pytest
 
 from retouch.service import jobs
 from tests.conftest import Harness, echo_models, encode_image, gradient
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +46,7 @@ async def busy(harness_factory: Callable[..., Any], make_settings: Callable[...,
         h.sdk.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
     )
     worker = h.services.workers["echo"]
-    for _ in range(500):
-        if worker.running:
-            break
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: worker.running, timeout=5)
     assert worker.running == 1
     return h, first
 
@@ -204,19 +202,19 @@ async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
         await h.sdk.images.edit(model="stubborn", image=("a.png", SRC, "image/png"), prompt="x")
     assert info.value.status_code == 504
     assert info.value.code == "run_timeout"
-    for _ in range(500):
-        ready = await h.http.get("/readyz")
-        if ready.status_code == 503:
-            break
-        await asyncio.sleep(0.01)
+    async def not_ready() -> bool:
+        return (await h.http.get("/readyz")).status_code == 503
+
+    await async_wait_until(not_ready, timeout=5)
+    ready = await h.http.get("/readyz")
     assert ready.json()["status"] == "not_ready"
     assert "ignored cancellation" in ready.json()["models"]["stubborn"]["reason"]
     engine.release.set()
-    for _ in range(500):
-        ready = await h.http.get("/readyz")
-        if ready.status_code == 200:
-            break
-        await asyncio.sleep(0.01)
+    async def is_ready() -> bool:
+        return (await h.http.get("/readyz")).status_code == 200
+
+    await async_wait_until(is_ready, timeout=5)
+    ready = await h.http.get("/readyz")
     assert ready.json()["status"] == "ready"
     assert [r.status for r in h.services.gate.records] == [504]
 

@@ -22,8 +22,7 @@ import openai
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from retouch.config import Settings
-from retouch.engine.types import Engine
+from retouch.cli_settings import build_settings, load_engines
 
 FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 SUFFIX_OF_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
@@ -206,25 +205,12 @@ def _server_client(server: str, api_key: str | None) -> ClientFactory:
     return open_client
 
 
-@dataclass(frozen=True)
-class ServeSetup:
-    """How ``retouch serve`` builds its settings and loads its engines; handed in by
-    ``retouch.cli`` when it registers these commands (so this module does not import it)."""
-
-    build_settings: Callable[..., Settings]
-    load_engines: Callable[[Settings], dict[str, Engine]]
-
-
-_SETUP: list[ServeSetup] = []
-
-
 def _local_client(config: Path | None, engines: tuple[str, ...]) -> ClientFactory:
     from retouch.inprocess import inprocess_client
 
-    setup = _SETUP[-1]
     scratch = tempfile.TemporaryDirectory(prefix="retouch-edit-")
-    settings = setup.build_settings(config, engines, data_dir=Path(scratch.name))
-    loaded = setup.load_engines(settings)
+    settings = build_settings(config, engines, data_dir=Path(scratch.name))
+    loaded = load_engines(settings)
 
     @contextlib.asynccontextmanager
     async def open_client() -> AsyncIterator[openai.AsyncOpenAI]:
@@ -357,7 +343,4 @@ def generate(prompt: str, model: str | None, n: int | None, size: str | None,
             api_key=api_key, config=config, engines=engines)  # fmt: skip
 
 
-def image_commands(setup: ServeSetup) -> list[click.Command]:
-    """``edit`` and ``generate``, running in-process engines the way ``setup`` says."""
-    _SETUP[:] = [setup]
-    return [edit, generate]
+COMMANDS = [edit, generate]

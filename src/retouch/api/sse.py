@@ -11,7 +11,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from retouch.api import render
-from retouch.service.edits import KeepAlive, StreamItem
+from retouch.service.stream import KeepAlive, StreamItem
 
 log = logging.getLogger(__name__)
 
