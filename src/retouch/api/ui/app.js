@@ -166,7 +166,9 @@ function applyModel() {
   fillSelect($("output_format"), m.output_formats);
   fillSelect($("background"), m.backgrounds);
   fillSelect($("input_fidelity"), m.input_fidelity);
-  fillSelect($("complexity"), ["", ...(m.complexity || [])], true, { "": "default" });
+  // `complexity`: the accepted levels, or just whether the model takes the parameter
+  const levels = Array.isArray(m.complexity) ? m.complexity : m.complexity ? ["low", "medium", "high"] : [];
+  fillSelect($("complexity"), ["", ...levels], true, { "": "default" });
   $("n").max = m.n_max;
   $("partial_images").max = m.partial_images_max;
   if (m.free_size) {
