@@ -169,6 +169,7 @@ function applyModel() {
   // `complexity`: the accepted levels, or just whether the model takes the parameter
   const levels = Array.isArray(m.complexity) ? m.complexity : m.complexity ? ["low", "medium", "high"] : [];
   fillSelect($("complexity"), ["", ...levels], true, { "": "default" });
+  if (!levels.length) $("complexity").closest(".field").hidden = true;  // the engine has no such knob
   $("n").max = m.n_max;
   $("partial_images").max = m.partial_images_max;
   if (m.free_size) {
