@@ -124,3 +124,9 @@ def test_an_empty_key_file_is_an_error_not_an_empty_key(tmp_path: Path) -> None:
     (tmp_path / "signing.key").write_text("")
     with pytest.raises(ValueError, match="empty"):
         UrlSigner.from_settings([], tmp_path)
+
+
+def test_a_signature_with_non_ascii_characters_is_invalid_not_an_error(tmp_path: Path) -> None:
+    signer = UrlSigner.from_settings([], tmp_path)
+    assert not signer.verify("key", 0, "\xa0")
+    assert not signer.verify("key", 0, "\udcff")

@@ -59,6 +59,10 @@ class UrlSigner:
         return self._mac(self._keys[0], blob_key, expires)
 
     def verify(self, blob_key: str, expires: int, signature: str) -> bool:
+        # compare bytes: compare_digest raises TypeError on str with non-ASCII characters,
+        # and a signature is whatever the query string carried
+        given = signature.encode("utf-8", "surrogatepass")
         return any(
-            hmac.compare_digest(self._mac(k, blob_key, expires), signature) for k in self._keys
+            hmac.compare_digest(self._mac(k, blob_key, expires).encode(), given)
+            for k in self._keys
         )
