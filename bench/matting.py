@@ -47,6 +47,7 @@ def _cpu(fn, *args):  # type: ignore[no-untyped-def]
 def run(composites: list[Composite]) -> dict[str, list[float]]:
     seg = segmenter()
     scores: dict[str, list[float]] = {"grabcut": [], "raw": [], "refined": []}
+    steps: dict[str, list[float]] = {"trimap+GrabCut, no focus cue": [], "+ focus cue": []}
     times: dict[str, list[float]] = {k: [] for k in ("grabcut", "model", "focus+cut", "edge")}
     print(f"{'composite':40s} {'GrabCut':>8s} {'U2Net-p':>8s} {'retouch':>8s}")
     for c in composites:
@@ -61,6 +62,10 @@ def run(composites: list[Composite]) -> dict[str, list[float]]:
         alpha, t = _cpu(matting._soft_edge, c.rgb, cut)
         times["edge"].append(t)
         assert np.array_equal(alpha, matting.refine(c.rgb, prob))
+        no_focus = matting._cut(c.rgb, prob, focus_cue=False)
+        for key, hard in zip(steps, (no_focus, cut), strict=True):
+            up = cv2.resize(hard.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR)
+            steps[key].append(iou(up, c.mask))
         row = (iou(old, c.mask), iou(raw, c.mask), iou(alpha, c.mask))
         for key, value in zip(scores, row, strict=True):
             scores[key].append(value)
@@ -71,6 +76,12 @@ def run(composites: list[Composite]) -> dict[str, list[float]]:
     for key, label in (("grabcut", "GrabCut (fallback)"), ("raw", "U²-Net-p, raw"),
                        ("refined", "**retouch (U²-Net-p + refinement)**")):  # fmt: skip
         print(f"| {label} | {np.mean(scores[key]):.3f} | {min(scores[key]):.3f} |")
+    print()
+    print("Step by step (each hard cut scaled up, before the soft edge):")
+    for key, values in steps.items():
+        print(f"  {key:30s} mean {np.mean(values):.3f} worst {min(values):.3f}")
+    print(f"  {'+ soft edge (= retouch)':30s} mean {np.mean(scores['refined']):.3f} "
+          f"worst {min(scores['refined']):.3f}")  # fmt: skip
     print()
     print("CPU time per 1024x1024 image, one core (mean):")
     for key, values in times.items():

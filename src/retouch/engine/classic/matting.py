@@ -133,15 +133,16 @@ def depth_of_field(rgb: Pixels, probability: FloatImage) -> tuple[BoolMask, Bool
     return certain, doubtful
 
 
-def _cut(rgb: Pixels, probability: FloatImage) -> BoolMask:
-    """Steps 2-3: the hard foreground at ``CUT_SIZE``."""
+def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> BoolMask:
+    """Steps 2-3: the hard foreground at ``CUT_SIZE`` (``focus_cue=False`` skips step 2, for
+    the benchmark's step-by-step figures)."""
     size = _size(rgb.shape, CUT_SIZE)
     small = u8(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
     p = f32(cv2.resize(probability, size, interpolation=cv2.INTER_LINEAR))
     mask = np.where(p > 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     sure_fg = cv2.erode((p > SURE).astype(np.uint8), _disk(2)) > 0
     sure_bg = cv2.erode((p < 1 - SURE).astype(np.uint8), _disk(2)) > 0
-    focus = depth_of_field(rgb, probability)
+    focus = depth_of_field(rgb, probability) if focus_cue else None
     if focus is not None:
         certain, doubtful = (
             cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
