@@ -192,5 +192,15 @@ def _add_account_commands() -> None:
 
 _add_account_commands()
 
+
+def _add_image_commands() -> None:
+    from retouch.cli_images import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_image_commands()
+
 if __name__ == "__main__":
     main()
