@@ -20,6 +20,7 @@ from retouch.engine.classic import ClassicEngine, matting, segment
 from retouch.engine.classic.segment import BUNDLED, BUNDLED_SHA256, OnnxSegmenter
 from retouch.engine.types import EditJob, EngineLoadError, Pixels
 from tests.classic_helpers import scene, subject_mask
+from tests.conftest import Harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,6 +174,13 @@ def test_engine_info_names_the_segmenter() -> None:
     grabcut.load()
     assert "GrabCut" in grabcut.info.description
     assert "U²-Net" not in grabcut.info.description
+
+
+@pytest.mark.anyio
+async def test_models_route_names_the_segmenter(classic: Harness) -> None:
+    entry = await classic.sdk.models.retrieve("classic")
+    assert entry.model_extra is not None
+    assert "Segmenter: U²-Net-p (bundled, onnxruntime)" in entry.model_extra["retouch"]["description"]
 
 
 @pytest.mark.parametrize(
