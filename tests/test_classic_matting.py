@@ -150,7 +150,7 @@ def no_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_without_onnxruntime_grabcut_is_the_fallback_and_is_deterministic() -> None:
     engine = ClassicEngine()
     engine.load()
-    assert "GrabCut" in engine.info.description
+    assert "GrabCut (classical; onnxruntime is not installed)" in engine.info.description
     assert not engine.segmenter.learned
     image = scene(96)
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -172,7 +172,7 @@ def test_engine_info_names_the_segmenter() -> None:
     assert "U²-Net-p" in engine.info.description
     grabcut = ClassicEngine(options={"segmenter": "grabcut"})
     grabcut.load()
-    assert "GrabCut" in grabcut.info.description
+    assert "GrabCut (classical; the segmenter option)" in grabcut.info.description
     assert "U²-Net" not in grabcut.info.description
 
 
