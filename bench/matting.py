@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "src")]
 
-from bench.composites import Composite, build  # noqa: E402
+from bench.composites import Composite, build, photo  # noqa: E402
 
 from retouch.engine.classic import matting  # noqa: E402
 from retouch.engine.classic.segment import segmenter  # noqa: E402
@@ -47,6 +47,7 @@ def _cpu(fn, *args):  # type: ignore[no-untyped-def]
 def run(composites: list[Composite]) -> dict[str, list[float]]:
     seg = segmenter()
     scores: dict[str, list[float]] = {"grabcut": [], "raw": [], "refined": []}
+    steps: dict[str, list[float]] = {"trimap+GrabCut, no focus cue": [], "+ focus cue": []}
     times: dict[str, list[float]] = {k: [] for k in ("grabcut", "model", "focus+cut", "edge")}
     print(f"{'composite':40s} {'GrabCut':>8s} {'U2Net-p':>8s} {'retouch':>8s}")
     for c in composites:
@@ -61,6 +62,10 @@ def run(composites: list[Composite]) -> dict[str, list[float]]:
         alpha, t = _cpu(matting._soft_edge, c.rgb, cut)
         times["edge"].append(t)
         assert np.array_equal(alpha, matting.refine(c.rgb, prob))
+        no_focus = matting._cut(c.rgb, prob, focus_cue=False)
+        for key, hard in zip(steps, (no_focus, cut), strict=True):
+            up = cv2.resize(hard.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR)
+            steps[key].append(iou(up, c.mask))
         row = (iou(old, c.mask), iou(raw, c.mask), iou(alpha, c.mask))
         for key, value in zip(scores, row, strict=True):
             scores[key].append(value)
@@ -71,6 +76,12 @@ def run(composites: list[Composite]) -> dict[str, list[float]]:
     for key, label in (("grabcut", "GrabCut (fallback)"), ("raw", "U²-Net-p, raw"),
                        ("refined", "**retouch (U²-Net-p + refinement)**")):  # fmt: skip
         print(f"| {label} | {np.mean(scores[key]):.3f} | {min(scores[key]):.3f} |")
+    print()
+    print("Step by step (each hard cut scaled up, before the soft edge):")
+    for key, values in steps.items():
+        print(f"  {key:30s} mean {np.mean(values):.3f} worst {min(values):.3f}")
+    print(f"  {'+ soft edge (= retouch)':30s} mean {np.mean(scores['refined']):.3f} "
+          f"worst {min(scores['refined']):.3f}")  # fmt: skip
     print()
     print("CPU time per 1024x1024 image, one core (mean):")
     for key, values in times.items():
@@ -97,28 +108,32 @@ def memory_probe() -> None:
     print(f"{(_status('VmHWM') - before) / 1024:.1f}")
 
 
-def pictures(composites: list[Composite], folder: Path, names: list[int]) -> None:
-    """Side by side: input, GrabCut, retouch — each cut-out on a checkerboard."""
+def _side_by_side(images: list[np.ndarray], path: Path, tile: int) -> None:
+    """Rows of: input, GrabCut, retouch — each cut-out on a checkerboard."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
     seg = segmenter()
-    tile = 256
     yy, xx = np.mgrid[0:tile, 0:tile]
     board = np.where(((yy // 16 + xx // 16) % 2)[:, :, None] == 0, 205, 250).astype(np.uint8)
     board = np.repeat(board, 3, axis=2)
     rows = []
-    for i in names:
-        c = composites[i]
-        small = cv2.resize(c.rgb, (tile, tile), interpolation=cv2.INTER_AREA)
+    for image in images:
+        small = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
         cells = [small]
-        for alpha in (matting.grabcut_alpha(c.rgb), matting.foreground_alpha(c.rgb, seg)):
+        for alpha in (matting.grabcut_alpha(image), matting.foreground_alpha(image, seg)):
             a = cv2.resize(alpha, (tile, tile), interpolation=cv2.INTER_AREA)[:, :, None] / 255.0
             cells.append((small * a + board * (1 - a)).astype(np.uint8))
         rows.append(np.hstack([np.pad(x, ((2, 2), (2, 2), (0, 0)), constant_values=255) for x in cells]))
-    path = folder / "matting-comparison.png"
     Image.fromarray(np.vstack(rows)).quantize(colors=255, dither=Image.Dither.NONE).save(path, optimize=True)
     print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+
+def pictures(composites: list[Composite], folder: Path, names: list[int]) -> None:
+    """Composites (with exact masks) and, without ground truth, plain photographs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _side_by_side([composites[i].rgb for i in names], folder / "matting-comparison.png", 256)
+    photos = [photo(n) for n in ("astronaut", "coffee", "motorcycle", "immunohistochemistry")]
+    _side_by_side(photos, folder / "matting-photos.png", 200)
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from retouch.engine.classic import ClassicEngine, matting, segment
 from retouch.engine.classic.segment import BUNDLED, BUNDLED_SHA256, OnnxSegmenter
 from retouch.engine.types import EditJob, EngineLoadError, Pixels
 from tests.classic_helpers import scene, subject_mask
+from tests.conftest import Harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,7 +150,7 @@ def no_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_without_onnxruntime_grabcut_is_the_fallback_and_is_deterministic() -> None:
     engine = ClassicEngine()
     engine.load()
-    assert "GrabCut" in engine.info.description
+    assert "GrabCut (classical; onnxruntime is not installed)" in engine.info.description
     assert not engine.segmenter.learned
     image = scene(96)
     with ThreadPoolExecutor(max_workers=4) as pool:
@@ -171,8 +172,15 @@ def test_engine_info_names_the_segmenter() -> None:
     assert "U²-Net-p" in engine.info.description
     grabcut = ClassicEngine(options={"segmenter": "grabcut"})
     grabcut.load()
-    assert "GrabCut" in grabcut.info.description
+    assert "GrabCut (classical; the segmenter option)" in grabcut.info.description
     assert "U²-Net" not in grabcut.info.description
+
+
+@pytest.mark.anyio
+async def test_models_route_names_the_segmenter(classic: Harness) -> None:
+    entry = await classic.sdk.models.retrieve("classic")
+    assert entry.model_extra is not None
+    assert "Segmenter: U²-Net-p (bundled, onnxruntime)" in entry.model_extra["retouch"]["description"]
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,8 @@ def model_capabilities(
     return {
         "family": family,
         "engine": info.name,
+        # what the engine says of itself (classic: which segmenter and fill are active)
+        "description": info.description,
         "params": sorted(fields),
         "edits": True,
         "generations": info.generative,

@@ -56,8 +56,10 @@ class Segmenter(Protocol):
 class GrabCutSegmenter:
     """Marker for the classical fallback (``matting`` runs the border-seeded GrabCut)."""
 
-    name = "GrabCut (classical; onnxruntime is not installed)"
     learned = False
+
+    def __init__(self, why: str) -> None:
+        self.name = f"GrabCut (classical; {why})"
 
     def probability(self, rgb: Pixels) -> FloatImage:  # pragma: no cover - never called
         raise NotImplementedError("matting runs GrabCut itself")
@@ -154,7 +156,7 @@ def segmenter(model: Path | None = None, *, kind: str = "auto") -> Segmenter:
     else GrabCut; "learned": the model or an error; "grabcut") and ``model`` (an ONNX file;
     None = the bundled U²-Net-p). Loaded once per path and shared."""
     if kind == "grabcut":
-        return GrabCutSegmenter()
+        return GrabCutSegmenter("the segmenter option")
     if not onnxruntime_available():
         if kind == "learned" or model is not None:
             raise EngineLoadError(
@@ -162,7 +164,7 @@ def segmenter(model: Path | None = None, *, kind: str = "auto") -> Segmenter:
                 "(or set the engine option segmenter='grabcut')"
             )
         log.warning("onnxruntime is not installed: background removal falls back to GrabCut")
-        return GrabCutSegmenter()
+        return GrabCutSegmenter("onnxruntime is not installed")
     path = (model or BUNDLED).expanduser().resolve()
     if not path.is_file():
         raise EngineLoadError(f"the segmentation model {path} does not exist")
