@@ -292,10 +292,10 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     principal = await authenticate(request)
     name = request.path_params["model"]
-    for known, model in _services(request).routes.names():
-        if known == name and _allowed(principal, name, model):
-            return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
-                            media_type="application/json")  # fmt: skip
+    model = _services(request).routes.served_by(name)  # dated snapshots too
+    if model is not None and _allowed(principal, name, model):
+        return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
+                        media_type="application/json")  # fmt: skip
     raise NotFound(
         f"The model '{name}' does not exist or you do not have access to it.",
         param="model",

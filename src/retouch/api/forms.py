@@ -25,11 +25,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from retouch.config import Limits
 from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
 from retouch.service.form import EditForm, Upload
-from retouch.service.params import ALLOWED_FIELDS
+from retouch.service.params import KNOWN_FIELDS
 
 _IMAGE = re.compile(r"^image(?:\[\]|\[(\d{1,3})\]|\.(\d{1,3})(?:\.items)?)?$")
 _MASK = {"mask", "mask[]"}
-_TEXT_FIELDS = frozenset().union(*ALLOWED_FIELDS.values(), {"response_format"})
+_TEXT_FIELDS = KNOWN_FIELDS
+_MARKUP = {"markup", "markup[]"}
 
 
 class RequestTimeout(InvalidRequest):
@@ -89,8 +90,8 @@ class _FormBuilder:
         part.size += end - start
         if part.filename is None:
             cap, param, code = self.limits.max_field_bytes, part.name, "field_too_large"
-        elif part.name in _MASK:
-            cap, param, code = self.limits.max_mask_bytes, "mask", "file_too_large"
+        elif part.name in _MASK or part.name in _MARKUP:
+            cap, param, code = self.limits.max_mask_bytes, part.name.rstrip("[]"), "file_too_large"
         else:
             cap, param, code = self.limits.max_image_bytes, self._file_param(part), "file_too_large"
         if part.size > cap:
@@ -122,7 +123,7 @@ class _FormBuilder:
 
     # --------------------------------------------------------------------------------------
     def _text(self, part: _Part, data: bytes) -> None:
-        if _IMAGE.match(part.name) or part.name in _MASK:
+        if _IMAGE.match(part.name) or part.name in _MASK or part.name in _MARKUP:
             raise InvalidValue(
                 f"Invalid type for '{part.name}': expected a file, but got a string instead.",
                 param=part.name,
@@ -162,6 +163,11 @@ class _FormBuilder:
             if self.form.mask is not None:
                 raise InvalidValue("Only one mask file may be sent.", param="mask")
             self.form.mask = Upload("mask", part.filename or "", part.content_type, data)
+            return
+        if part.name in _MARKUP:
+            if self.form.markup is not None:
+                raise InvalidValue("Only one markup file may be sent.", param="markup")
+            self.form.markup = Upload("markup", part.filename or "", part.content_type, data)
             return
         match = _IMAGE.match(part.name)
         if not match:
@@ -284,6 +290,14 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
     mask = doc.pop("mask", None)
     if mask is not None:
         form.mask = _image_ref(mask, "mask", limits.max_mask_bytes)
+    markup = doc.pop("markup", None)
+    if markup is not None:
+        form.markup = _image_ref(markup, "markup", limits.max_mask_bytes)
+    svg = doc.pop("svg", None)
+    if isinstance(svg, dict):  # the SDKs' nested object, flattened as in multipart
+        doc.update(_flatten("svg", svg))
+    elif svg is not None:
+        doc["svg"] = svg
     for key, value in doc.items():
         if value is None:
             continue
@@ -302,6 +316,19 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
                 code="invalid_type",
             )
     return form
+
+
+def _flatten(prefix: str, value: dict[str, object]) -> dict[str, object]:
+    """``{"model": "m", "reasoning": {"effort": "low"}}`` -> ``svg[model]``,
+    ``svg[reasoning][effort]`` (the multipart spelling)."""
+    flat: dict[str, object] = {}
+    for key, item in value.items():
+        name = f"{prefix}[{key}]"
+        if isinstance(item, dict):
+            flat.update(_flatten(name, item))
+        else:
+            flat[name] = item
+    return flat
 
 
 def _image_ref(ref: object, param: str, cap: int) -> Upload:

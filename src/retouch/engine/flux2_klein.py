@@ -53,6 +53,7 @@ TEXT_ENCODER_OUT_LAYERS = (9, 18, 27)
 class Flux2KleinEngine(DiffusersEngine):
     defaults = KLEIN_DEFAULTS
     family = "flux2-klein"
+    markup_use = "hint"  # an instruction model reads the strokes drawn on the image
 
     pipe: Any = None
     inpaint: Any = None

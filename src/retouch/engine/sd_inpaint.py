@@ -49,6 +49,7 @@ NO_MASK_STRENGTH = {"low": 0.75, "high": 0.5}
 class SDInpaintEngine(DiffusersEngine):
     defaults = SD_DEFAULTS
     family = "sd-inpaint"
+    complexity_scales_guidance = True
 
     pipe: Any = None
 

@@ -30,7 +30,9 @@ from retouch.errors import (
 from retouch.imaging import decode
 from retouch.imaging.encode import CONTENT_TYPES, encode, fit, flatten
 from retouch.scheduler import EngineWorker
-from retouch.service.form import EditForm
+from retouch.service.capabilities import Served, check_engine_options
+from retouch.service.form import EditForm, Upload
+from retouch.service.markup import check_markup, markup_edit_area, markup_hint
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, resolve_size, to_edit_params
 from retouch.service.tokens import Usage, compute_usage
@@ -84,14 +86,13 @@ class EditService:
     ) -> tuple[PreparedEdit, dict[str, str]]:
         """Validate, admit and decode. Returns the prepared edit and rate-limit headers."""
         route = self.routes.resolve(form.fields.get("model"))
-        allow_url = route.family == "dall-e-2" or self.settings.storage.allow_url_for_gpt_models
         params = to_edit_params(
             form,
             model=route.requested,
             served_model=route.model.name,
             family=route.family,
             limits=self.settings.limits,
-            allow_url=allow_url,
+            allow_url=self.settings.storage.allow_url_for_gpt_models,
         )
         worker = self.workers[route.model.name]
         self._check_capabilities(params, form, worker)
@@ -139,6 +140,13 @@ class EditService:
             raise InvalidValue(
                 "Transparent background is not supported for this model.", param="background"
             )
+        check_engine_options(params, params.served_model, self._served())
+
+    def _served(self) -> dict[str, Served]:
+        return {
+            name: Served(self.routes.models[name].engine, w.engine.info)
+            for name, w in self.workers.items()
+        }
 
     def _decode(self, form: EditForm, params: EditParams) -> tuple[EditJob, list[tuple[int, int]]]:
         limits = self.settings.limits
@@ -169,6 +177,8 @@ class EditService:
             )
         images = tuple(decode.load_pixels(o) for o in opened)
         mask = None
+        if form.markup is not None:
+            images, mask = self._apply_markup(form.markup, images, params)
         if mask_opened is not None:
             mask = decode.mask_pixels(mask_opened, (first.width, first.height))
         elif dalle:
@@ -190,8 +200,23 @@ class EditService:
             input_fidelity=params.input_fidelity,
             background=params.background,
             partial_images=params.partial_images,
+            complexity=params.complexity,
         )
         return job, [(o.width, o.height) for o in opened]
+
+    def _apply_markup(
+        self, upload: Upload, images: tuple[Pixels, ...], params: EditParams
+    ) -> tuple[tuple[Pixels, ...], Pixels | None]:
+        """``markup`` -> the edit mask, or the first image with the strokes drawn on it."""
+        opened = decode.open_upload(
+            upload, max_pixels=self.settings.limits.max_image_pixels, png_only=True
+        )
+        pixels = decode.load_pixels(opened)
+        first = images[0]
+        check_markup(pixels, (first.shape[1], first.shape[0]))
+        if self.workers[params.served_model].engine.info.markup == "mask":
+            return images, markup_edit_area(pixels)
+        return (markup_hint(first, pixels), *images[1:]), None
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -231,8 +256,8 @@ class EditService:
             "quality": p.params.quality,
             "size": f"{w}x{h}",
         }
-        if p.params.safety_identifier:
-            meta["safety_identifier"] = p.params.safety_identifier
+        if p.params.end_user:  # the newest SDKs: safety_identifier, else the deprecated user
+            meta["safety_identifier"] = p.params.end_user
         return meta
 
     async def _record(self, p: PreparedEdit, status: int, usage: Usage | None, images: int) -> None:
