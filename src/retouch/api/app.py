@@ -27,7 +27,7 @@ from starlette.routing import Route
 from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
-from retouch.api.forms import RequestTimeout, read_json, read_multipart
+from retouch.api.forms import RequestTimeout, read_generation_json, read_json, read_multipart
 from retouch.api.middleware import RequestContext
 from retouch.api.responses import PiecesResponse
 from retouch.api.usage import images_usage
@@ -47,6 +47,7 @@ from retouch.scheduler import EngineWorker
 from retouch.service.edits import EditService
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
+from retouch.service.params import Mode
 from retouch.service.tokens import load_tokenizer
 from retouch.storage.local import LocalBlobStore
 from retouch.storage.signing import UrlSigner
@@ -98,6 +99,7 @@ def build_app(
     return Starlette(
         routes=[
             Route("/v1/images/edits", create_edit, methods=["POST"]),
+            Route("/v1/images/generations", create_generation, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
@@ -153,12 +155,21 @@ def _services(request: Request) -> Services:
 
 
 async def create_edit(request: Request) -> Response:
+    return await _create_images(request, "edit")
+
+
+async def create_generation(request: Request) -> Response:
+    """``POST /v1/images/generations``: the edit pipeline with a prompt and no input images."""
+    return await _create_images(request, "generate")
+
+
+async def _create_images(request: Request, mode: Mode) -> Response:
     services = _services(request)
     request_id: str = request.state.request_id
     principal = await authenticate(request)
-    form = await _read_form(request, services.settings)
+    form = await _read_form(request, services.settings, mode)
     idem = request.headers.get("idempotency-key")
-    fingerprint = await asyncio.to_thread(_fingerprint, form) if idem else ""
+    fingerprint = await asyncio.to_thread(_fingerprint, form, mode) if idem else ""
     held = False  # this request holds the idempotency key: it must remember or release it
     if idem:
         stored = await services.gate.replay(principal, idem, fingerprint)
@@ -167,7 +178,7 @@ async def create_edit(request: Request) -> Response:
                             headers={"idempotent-replayed": "true"})  # fmt: skip
         held = True
     try:
-        prepared, headers = await services.edits.prepare(form, principal, request_id)
+        prepared, headers = await services.edits.prepare(form, principal, request_id, mode)
         request.state.extra_headers = headers
         if prepared.params.stream:  # streams are not kept for replay: the key is released
             if prepared.worker.saturated:  # refuse with a real 429 before the 200 goes out
@@ -204,7 +215,7 @@ async def _release(gate: Gate, principal: Principal, key: str) -> None:
         log.exception("could not release Idempotency-Key of %s", principal.key_id)
 
 
-async def _read_form(request: Request, settings: Settings) -> EditForm:
+async def _read_form(request: Request, settings: Settings, mode: Mode = "edit") -> EditForm:
     limits = settings.limits
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -216,7 +227,15 @@ async def _read_form(request: Request, settings: Settings) -> EditForm:
     media = content_type.split(";", 1)[0].strip().lower()
     try:
         async with asyncio.timeout(limits.receipt_timeout_s):
-            if media == "multipart/form-data":
+            if mode == "generate":
+                if media != "application/json":
+                    raise InvalidRequest(
+                        "Invalid Content-Type: image generations take a JSON body "
+                        "(application/json).",
+                        code="unsupported_content_type",
+                    )
+                form = await read_generation_json(request.stream(), limits)
+            elif media == "multipart/form-data":
                 form = await read_multipart(request.stream(), content_type, limits)
             elif media == "application/json":
                 form = await read_json(request.stream(), limits)
@@ -233,9 +252,10 @@ async def _read_form(request: Request, settings: Settings) -> EditForm:
     return form
 
 
-def _fingerprint(form: EditForm) -> str:
-    digest = hashlib.sha256(orjson.dumps(form.fields, option=orjson.OPT_SORT_KEYS))
-    for upload in [*form.images, *([form.mask] if form.mask else [])]:
+def _fingerprint(form: EditForm, mode: Mode = "edit") -> str:
+    digest = hashlib.sha256(mode.encode())  # one key reused across the two routes is a mismatch
+    digest.update(orjson.dumps(form.fields, option=orjson.OPT_SORT_KEYS))
+    for upload in [*form.images, *(u for u in (form.mask, form.markup) if u is not None)]:
         digest.update(upload.param.encode())
         digest.update(hashlib.sha256(upload.data).digest())
     return digest.hexdigest()

@@ -252,21 +252,7 @@ async def read_multipart(
 
 
 async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > limits.max_body_bytes:
-            raise PayloadTooLarge(
-                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
-            )
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request.", code="invalid_json"
-        ) from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    doc = await _json_object(chunks, limits)
     form = EditForm(json_body=True)
     images = doc.pop("images", None)
     if "image" in doc:
@@ -298,6 +284,53 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
         doc.update(_flatten("svg", svg))
     elif svg is not None:
         doc["svg"] = svg
+    _json_fields(doc, form)
+    return form
+
+
+async def read_generation_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
+    """``POST /v1/images/generations``: OpenAI's JSON body, text fields only (``null`` values,
+    which both SDKs send for explicit ``None``, are absent)."""
+    doc = await _json_object(chunks, limits)
+    form = EditForm(json_body=True)
+    for name in ("image", "images", "mask", "markup"):
+        if name in doc:
+            raise UnknownParameter(
+                name, "Generations take no input images; send them to /v1/images/edits."
+            )
+    svg = doc.pop("svg", None)
+    if isinstance(svg, dict):
+        doc.update(_flatten("svg", svg))
+    elif svg is not None:
+        doc["svg"] = svg
+    _json_fields(doc, form)
+    return form
+
+
+async def _json_object(chunks: AsyncIterator[bytes], limits: Limits) -> dict[str, object]:
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
+            )
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    if len(doc) > limits.max_fields:
+        raise InvalidRequest(
+            f"Too many fields (at most {limits.max_fields}).", code="too_many_fields"
+        )
+    return doc
+
+
+def _json_fields(doc: dict[str, object], form: EditForm) -> None:
     for key, value in doc.items():
         if value is None:
             continue
@@ -315,7 +348,6 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
                 param=key,
                 code="invalid_type",
             )
-    return form
 
 
 def _flatten(prefix: str, value: dict[str, object]) -> dict[str, object]:

@@ -286,6 +286,8 @@ class DiffusersEngine:
     """How ``markup`` reaches this engine (``EngineInfo.markup``)."""
     complexity_scales_guidance: bool = False
     """``complexity`` scales the CFG scale (engines that run a real CFG pass)."""
+    text_to_image: str | None = None
+    """How the engine serves ``/v1/images/generations`` (``EngineInfo.text_to_image``)."""
 
     def __init__(self, model: ModelSettings) -> None:
         self.model = model
@@ -303,6 +305,7 @@ class DiffusersEngine:
             supports_transparency=True,
             generative=True,
             markup=self.markup_use,
+            text_to_image=self.text_to_image,
             complexity=(
                 "scales the classifier-free guidance (low 0.75x, medium 1x, high 1.25x)"
                 if self.complexity_scales_guidance

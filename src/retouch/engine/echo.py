@@ -34,7 +34,11 @@ class EchoEngine:
         self.delay_s = float(opts.get("delay_s", 0.0))
         self.steps = max(1, int(opts.get("steps", 4)))
         self.fail = bool(opts.get("fail", False))
-        self.info = EngineInfo(name=name, description="Returns the input image unchanged.")
+        self.info = EngineInfo(
+            name=name,
+            description="Returns the input image unchanged.",
+            text_to_image="returns the blank canvas unchanged (tests and benchmarks)",
+        )
         self.runs = 0
         self.cancelled_runs = 0
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 import pybase64
 
@@ -34,13 +35,15 @@ from retouch.service.capabilities import Served, check_engine_options
 from retouch.service.form import EditForm, Upload
 from retouch.service.markup import check_markup, markup_edit_area, markup_hint
 from retouch.service.models import ModelRoutes
-from retouch.service.params import EditParams, resolve_size, to_edit_params
+from retouch.service.params import EditParams, Mode, resolve_size, to_edit_params
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+CANVAS_GREY = 127
+"""The blank canvas of a generation (mid grey: inpainting pipelines noise it away entirely)."""
 
 
 @dataclass
@@ -82,9 +85,11 @@ class EditService:
     # -- validation and decoding -------------------------------------------------------------
 
     async def prepare(
-        self, form: EditForm, principal: Principal, request_id: str
+        self, form: EditForm, principal: Principal, request_id: str, mode: Mode = "edit"
     ) -> tuple[PreparedEdit, dict[str, str]]:
-        """Validate, admit and decode. Returns the prepared edit and rate-limit headers."""
+        """Validate, admit and decode. Returns the prepared edit and rate-limit headers.
+        ``mode="generate"``: a generation (``/v1/images/generations``), the same pipeline with
+        a blank canvas instead of decoded inputs."""
         route = self.routes.resolve(form.fields.get("model"))
         params = to_edit_params(
             form,
@@ -93,6 +98,7 @@ class EditService:
             family=route.family,
             limits=self.settings.limits,
             allow_url=self.settings.storage.allow_url_for_gpt_models,
+            mode=mode,
         )
         worker = self.workers[route.model.name]
         self._check_capabilities(params, form, worker)
@@ -101,7 +107,8 @@ class EditService:
         )
         admitted = time.monotonic()
         try:
-            job, sizes = await self._off_loop(self._decode, form, params)
+            decode_job = self._decode if mode == "edit" else self._canvas
+            job, sizes = await self._off_loop(decode_job, form, params)
             await self._off_loop(worker.engine.check, job)
         except BaseException as exc:  # admitted (and counted), so it gets its ledger row
             if isinstance(exc, RetouchError):
@@ -124,6 +131,14 @@ class EditService:
 
     def _check_capabilities(self, params: EditParams, form: EditForm, worker: EngineWorker) -> None:
         info = worker.engine.info
+        if params.mode == "generate" and info.text_to_image is None:
+            engine = self.routes.models[params.served_model].engine
+            raise InvalidValue(
+                f"The model '{params.model}' runs the '{engine}' engine, which cannot generate "
+                f"images from text: it edits existing images only (POST /v1/images/edits). "
+                f"{generation_hint(self._served())}",
+                param="model",
+            )
         limit = 1 if params.family == "dall-e-2" else min(info.max_images, self.settings.limits.max_images)
         if len(form.images) > limit:
             raise InvalidValue(
@@ -204,6 +219,26 @@ class EditService:
         )
         return job, [(o.width, o.height) for o in opened]
 
+    def _canvas(self, form: EditForm, params: EditParams) -> tuple[EditJob, list[tuple[int, int]]]:
+        """A generation's job: one blank canvas of the output size, all of it the edit area.
+        Engines that generate natively ignore both; inpainting engines repaint all of it."""
+        size = resolve_size(params, None, self.settings.limits)
+        canvas = np.full((size[1], size[0], 3), CANVAS_GREY, np.uint8)
+        job = EditJob(
+            prompt=params.prompt,
+            images=(canvas,),
+            mask=np.full((size[1], size[0]), 255, np.uint8),
+            size=size,
+            n=params.n,
+            quality=params.quality,
+            input_fidelity="low",
+            background=params.background,
+            partial_images=params.partial_images,
+            complexity=params.complexity,
+            generate=True,
+        )
+        return job, []
+
     def _apply_markup(
         self, upload: Upload, images: tuple[Pixels, ...], params: EditParams
     ) -> tuple[tuple[Pixels, ...], Pixels | None]:
@@ -266,7 +301,7 @@ class EditService:
             key_id=p.principal.key_id,
             model=p.params.model,
             status=status,
-            input_images=len(p.job.images),
+            input_images=len(p.input_sizes),
             output_images=images,
             text_tokens=usage.text_tokens if usage else 0,
             image_tokens=usage.image_tokens if usage else 0,
@@ -382,9 +417,10 @@ class EditService:
             meta = self._meta(p, self._background_of(output.images, p.params))
             for img in output.images:
                 b64 = await self._off_loop(self._encode_b64, img, p.params, p.job.size)
+                completed = f"{_prefix(p)}.completed"
                 yield _sse(
-                    "image_edit.completed",
-                    {"type": "image_edit.completed", "created_at": int(time.time()),
+                    completed,
+                    {"type": completed, "created_at": int(time.time()),
                      **meta, "usage": usage.wire()},
                     b64,
                 )  # fmt: skip
@@ -411,15 +447,34 @@ class EditService:
     async def _partial_event(self, p: PreparedEdit, image: Pixels, index: int) -> bytes:
         b64 = await self._off_loop(self._encode_b64, image, p.params, p.job.size)
         meta = self._meta(p, self._background_of([image], p.params))
+        partial = f"{_prefix(p)}.partial_image"
         return _sse(
-            "image_edit.partial_image",
-            {"type": "image_edit.partial_image", "created_at": int(time.time()),
+            partial,
+            {"type": partial, "created_at": int(time.time()),
              **meta, "partial_image_index": index},
             b64,
         )  # fmt: skip
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _prefix(p: PreparedEdit) -> str:
+    """Stream event names: ``image_edit.*`` for edits, ``image_generation.*`` for generations."""
+    return "image_edit" if p.params.mode == "edit" else "image_generation"
+
+
+def generation_hint(served: dict[str, Served]) -> str:
+    """Where generations can go instead: served models whose engine generates, or how to serve one."""
+    able = [f"'{name}' ({s.engine})" for name, s in served.items() if s.info.text_to_image]
+    if able:
+        return f"Models on this server that can: {', '.join(able)}; send one as 'model'."
+    return (
+        "To serve generations, serve a generative model and make it the default, e.g. "
+        "`retouch serve --model klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B` with "
+        "default_model = \"klein\" (FLUX.2-klein generates natively; sd-inpaint repaints a "
+        "blank canvas). See the README."
+    )
 
 
 def _with_b64(doc: dict[str, Any], b64: bytes) -> list[bytes]:
