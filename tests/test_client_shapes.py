@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import secrets
+import shutil
+import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -336,3 +340,36 @@ def test_n8n_generation(generative_server: LiveServer) -> None:
         })  # fmt: skip
         assert ok.status_code == 200, ok.text
         assert decoded(ok.json()["data"][0]["b64_json"]).size == (1024, 1536)
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def _node_ready() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (NODE_DIR / "node_modules" / "openai").is_dir():
+        return "run `npm ci --prefix tests/node` (make install does)"
+    return None
+
+
+@pytest.mark.skipif(_node_ready() is not None, reason=str(_node_ready()))
+def test_lobechat_and_librechat_with_the_node_sdk(default_server: LiveServer, tmp_path: Path) -> None:
+    """The same calls from the Node SDK LobeChat and LibreChat use (openai 7.57.0)."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(PHOTO)
+    done = subprocess.run(
+        ["node", str(NODE_DIR / "clients.mjs"), f"{default_server.url}/v1", str(image)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for model in ("gpt-image-1", "classic"):
+        assert out[f"lobechat_{model}"]["ok"], out
+        assert out[f"lobechat_{model}"]["b64"]
+    assert out["lobechat_gpt-image-2"] == {"ok": False, "status": 400, "code": "unknown_parameter",
+                                           "param": "input_fidelity"}  # fmt: skip
+    assert out["lobechat_gpt-image-1-mini"]["code"] == "invalid_value"
+    assert out["lobechat_many"] == {"ok": True, "count": 1, "size": "1536x1024", "b64": True}
+    # the default server's classic engine cannot generate: the SDK surfaces the 400
+    assert (out["librechat_generate"]["status"], out["librechat_generate"]["param"]) == (400, "model")
