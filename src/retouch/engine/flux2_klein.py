@@ -86,6 +86,8 @@ class Flux2KleinEngine(DiffusersEngine):
         self.pipe = self.inpaint = None
 
     def check(self, job: EditJob) -> None:
+        if job.generate:  # the blank canvas is never used as a reference
+            return
         for index, pixels in enumerate(job.images):
             h, w = pixels.shape[:2]
             if max(w, h) > REFERENCE_MAX_ASPECT * min(w, h):
