@@ -21,7 +21,8 @@ from pydantic_settings import (
 
 from retouch.families import ApiFamily
 
-EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint"]
+EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext"]
+
 
 
 class _Group(BaseModel):
@@ -153,6 +154,16 @@ class ModelSettings(_Group):
         default_factory=list, description="More request names for this model."
     )
     workers: int = Field(1, ge=1, description="Jobs this model runs at once.")
+    license: str | None = Field(
+        None,
+        description="Licence of the weights, shown in /v1/models; default: the licence of the "
+        "engine's usual weights. One containing 'non-commercial' needs accept_license.",
+    )
+    accept_license: Literal["non-commercial"] | None = Field(
+        None,
+        description="Acknowledge that the weights' licence forbids commercial use; without it a "
+        "non-commercial model (e.g. flux-kontext) refuses to start.",
+    )
     run_deadline_s: float | None = Field(
         None, gt=0, description="Run deadline of this model; default: queue.run_deadline_s."
     )

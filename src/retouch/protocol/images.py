@@ -1,4 +1,4 @@
-"""``ImagesResponse`` and the image stream events (edits now; generations share the shapes)."""
+"""``ImagesResponse`` and the image stream events of edits and generations (one set of shapes)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def decode_job(
             f"{first.width}x{first.height}.",
             param=first.upload.param,
         )
-    images = tuple(decode.load_pixels(o) for o in opened)
+    images = tuple(_load(o) for o in opened)
     mask = None
     if form.markup is not None:
         images, mask = _apply_markup(form.markup, images, limits, markup_use)
@@ -123,6 +123,15 @@ def decode_job(
         complexity=params.complexity,
     )
     return job, [(o.width, o.height) for o in opened]
+
+
+def _load(opened: decode.OpenedImage) -> Pixels:
+    """The pixels, with Pillow's own decoded copy freed at once: otherwise a 16-image request
+    holds every image twice until the last one is decoded."""
+    try:
+        return decode.load_pixels(opened)
+    finally:
+        opened.image.close()
 
 
 CANVAS_GREY = 127
@@ -153,7 +162,7 @@ def _apply_markup(
 ) -> tuple[tuple[Pixels, ...], Pixels | None]:
     """``markup`` -> the edit mask, or the first image with the strokes drawn on it."""
     opened = decode.open_upload(upload, max_pixels=limits.max_image_pixels, png_only=True)
-    pixels = decode.load_pixels(opened)
+    pixels = _load(opened)
     first = images[0]
     check_markup(pixels, (first.shape[1], first.shape[0]))
     if use == "mask":
