@@ -50,6 +50,7 @@ from retouch.service.capabilities import Served
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, Mode, to_edit_params
+from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
@@ -58,15 +59,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class KeepAlive:
-    """Yielded by ``stream`` when nothing happened for ``keepalive_s`` (an SSE comment)."""
-
-
-KEEPALIVE = KeepAlive()
-StreamItem = (
-    ImageEditPartialImageEvent | ImageEditCompletedEvent | ImageGenPartialImageEvent
-    | ImageGenCompletedEvent | ErrorEvent | KeepAlive
-)  # fmt: skip
 
 _INTERNAL = ErrorObject(
     message="The server failed while streaming the result.",
