@@ -566,7 +566,7 @@ async def test_dall_e_2_b64_json(echo: Harness) -> None:
     assert decode_b64(result.data[0].b64_json or "").size == (512, 512)
 
 
-@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-2", "echo"])
+@pytest.mark.parametrize("model", ["gpt-image-1", "gpt-image-2", "gpt-image-2.6-flare"])
 async def test_response_format_is_unknown_for_gpt_families(echo: Harness, model: str) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         await echo.sdk.images.edit(
@@ -654,7 +654,7 @@ async def test_json_body_bad_image_refs(echo: Harness, images: Any, param: str, 
 async def test_json_body_other_errors(echo: Harness) -> None:
     ok = [{"image_url": data_url(png_bytes())}]
     response = await echo.http.post(
-        "/v1/images/edits", json={"prompt": PROMPT, "images": ok, "response_format": "b64_json"}
+        "/v1/images/edits", json={"prompt": PROMPT, "images": ok, "response_format": "url"}
     )
     assert_envelope(response, 400, param="response_format", code="unknown_parameter")
     response = await echo.http.post(
@@ -672,7 +672,7 @@ async def test_json_body_other_errors(echo: Harness) -> None:
     response = await echo.http.post(
         "/v1/images/edits", json={"prompt": PROMPT, "images": ok, "svg": {"model": "x"}}
     )
-    assert_envelope(response, 400, param="svg", code="unknown_parameter")
+    assert_envelope(response, 400, param="svg[model]", code="unknown_parameter")
     response = await echo.http.post(
         "/v1/images/edits", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -710,7 +710,7 @@ async def test_unknown_parameter(echo: Harness) -> None:
         ("dall-e-2", {"stream": True}, "stream"),
         ("dall-e-2", {"input_fidelity": "low"}, "input_fidelity"),
         ("gpt-image-2", {"input_fidelity": "high"}, "input_fidelity"),
-        ("gpt-image-1", {"response_format": "b64_json"}, "response_format"),
+        ("gpt-image-1", {"response_format": "url"}, "response_format"),
         ("gpt-image-1", {"extra_body": {"svg": {"model": "x"}}}, "svg[model]"),
         ("gpt-image-1", {"extra_body": {"complexity": "low"}}, "complexity"),
     ],
@@ -986,6 +986,7 @@ async def test_usage_matches_the_contract(
         "input_tokens": PROMPT_TOKENS + image_tokens,
         "input_tokens_details": {"text_tokens": PROMPT_TOKENS, "image_tokens": image_tokens},
         "output_tokens": output_tokens,
+        "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
         "total_tokens": PROMPT_TOKENS + image_tokens + output_tokens,
     }
 

@@ -10,18 +10,21 @@ from typing import Any, get_args
 
 import pytest
 
-from retouch.config import ApiFamily, Limits
+from retouch.config import Limits
 from retouch.engine.types import EngineInfo
 from retouch.errors import RetouchError
+from retouch.families import FAMILIES as RULES
+from retouch.families import ApiFamily
 from retouch.service.describe import model_capabilities
 from retouch.service.form import EditForm, Upload
-from retouch.service.params import ALLOWED_FIELDS, to_edit_params
+from retouch.service.params import allowed_fields, to_edit_params
 from tests.conftest import Harness
 
 LIMITS = Limits()
 INFO = EngineInfo(name="echo", description="", max_images=4, supports_transparency=False)
 FAMILIES: tuple[ApiFamily, ...] = get_args(ApiFamily)
 NAMES = {"dall-e-2": "dall-e-2", "gpt-image": "gpt-image-1", "gpt-image-2": "gpt-image-2",
+         "gpt-image-2.5": "gpt-image-2.5-flare", "gpt-image-2.6": "gpt-image-2.6-sunburst",
          "native": "echo"}  # fmt: skip
 
 
@@ -39,7 +42,7 @@ def accepts(family: ApiFamily, fields: dict[str, str]) -> bool:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_offered_value_is_accepted(family: ApiFamily) -> None:
     caps = model_capabilities(NAMES[family], family, INFO, LIMITS)
-    assert set(caps["params"]) == ALLOWED_FIELDS[family]
+    assert set(caps["params"]) == allowed_fields(RULES[family], "edit")
     for size in caps["sizes"]:
         assert accepts(family, {"size": size}), size
     for quality in caps["qualities"]:
@@ -66,7 +69,7 @@ def test_every_offered_value_is_accepted(family: ApiFamily) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_values_left_out_are_refused(family: ApiFamily) -> None:
     caps = model_capabilities(NAMES[family], family, INFO, LIMITS)
-    for quality in {"auto", "low", "medium", "high", "standard"} - set(caps["qualities"]):
+    for quality in {"auto", "low", "medium", "high", "xhigh", "max", "standard"} - set(caps["qualities"]):
         assert not accepts(family, {"quality": quality}), quality
     for fmt in {"png", "jpeg", "webp"} - set(caps["output_formats"]):
         assert not accepts(family, {"output_format": fmt})

@@ -204,3 +204,31 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "gpt-image-1", "quality": "low", "size": "1024x1024", "n": 2},
+        {"model": "gpt-image-1.5", "output_format": "webp", "output_compression": 60},
+        {"model": "gpt-image-2", "size": "1536x1024", "quality": "medium"},
+        {"model": "dall-e-2", "size": "256x256"},
+    ],
+)
+async def test_generation_response(echo: Harness, registry: Registry, body: dict[str, Any]) -> None:
+    response = await echo.http.post("/v1/images/generations", json={"prompt": "a boat", **body})
+    assert response.status_code == 200, response.text
+    check(registry, "ImagesResponse", response.json())
+
+
+async def test_generation_stream_events(echo: Harness, registry: Registry) -> None:
+    response = await echo.http.post("/v1/images/generations", json={
+        "prompt": "a boat", "model": "gpt-image-1", "stream": True, "partial_images": 1,
+        "quality": "low", "size": "1024x1024",
+    })  # fmt: skip
+    assert response.status_code == 200
+    blocks = [b for b in response.text.split("\n\n") if b.strip() and not b.startswith(":")]
+    events = [json.loads(dict(line.split(": ", 1) for line in b.splitlines())["data"]) for b in blocks]
+    assert [e["type"] for e in events] == ["image_generation.partial_image", "image_generation.completed"]
+    check(registry, "ImageGenPartialImageEvent", events[0])
+    check(registry, "ImageGenCompletedEvent", events[1])

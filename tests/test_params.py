@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from retouch.config import ApiFamily, Limits
+from retouch.config import Limits
 from retouch.errors import InvalidValue, MissingParameter, RetouchError, UnknownParameter
+from retouch.families import ApiFamily
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import (
     EditParams,
@@ -66,7 +67,23 @@ LEGAL: list[tuple[ApiFamily, dict[str, str], dict[str, Any]]] = [
     ("gpt-image-2", {"size": "3072x1024"}, {"size": (3072, 1024)}),
     ("gpt-image-2", {"size": "1024x3072"}, {"size": (1024, 3072)}),
     ("gpt-image-2", {"size": "2880x2880"}, {"size": (2880, 2880)}),
+    # gpt-image-2.5 / 2.6: free sizes, xhigh / max, gif and svg (engines refuse them later)
+    ("gpt-image-2.5", {"size": "2048x1152", "quality": "xhigh"}, {"size": (2048, 1152), "quality": "xhigh", "input_fidelity": "high"}),
+    ("gpt-image-2.5", {"quality": "max", "response_format": "b64_json"}, {"quality": "max", "response_format": "b64_json"}),
+    ("gpt-image-2.5", {"output_format": "gif", "frame_count": "4", "frame_duration_ms": "155"}, {"output_format": "gif", "frame_count": 4, "frame_duration_ms": 160}),
+    ("gpt-image-2.5", {"output_format": "gif"}, {"frame_count": 9, "frame_duration_ms": 200}),
+    ("gpt-image-2.5", {"output_format": "svg", "svg[model]": "m", "svg[reasoning][effort]": "low"}, {"output_format": "svg"}),
+    ("gpt-image-2.6", {"complexity": "low", "quality": "max"}, {"complexity": "low", "quality": "max"}),
+    ("gpt-image-2.6", {"size": "3840x1280"}, {"size": (3840, 1280)}),
+    # every family takes response_format=b64_json (Open WebUI sends it for non-gpt-image names)
+    ("gpt-image", {"response_format": "b64_json"}, {"response_format": "b64_json"}),
+    ("gpt-image-2", {"response_format": "b64_json"}, {"response_format": "b64_json"}),
+    ("native", {"response_format": "b64_json"}, {"response_format": "b64_json"}),
+    ("native", {"response_format": "url"}, {"response_format": "url"}),
+    ("gpt-image", {"user": "u"}, {"user": "u", "end_user": "u"}),
+    ("gpt-image", {"user": "u", "safety_identifier": "s"}, {"end_user": "s"}),
     # native (retouch's own names)
+    ("native", {"complexity": "high", "quality": "xhigh"}, {"complexity": "high", "quality": "xhigh"}),
     ("native", {"size": "64x48"}, {"size": (64, 48)}),
     ("native", {"size": "3840x2160"}, {"size": (3840, 2160)}),
 ]  # fmt: skip
@@ -99,7 +116,6 @@ ILLEGAL: list[tuple[ApiFamily, dict[str, str], type[RetouchError], str, str]] = 
     ("gpt-image", {"size": "1024x640"}, InvalidValue, "size", "invalid_value"),
     ("gpt-image", {"size": "1024X1024"}, InvalidValue, "size", "invalid_value"),
     ("gpt-image", {"response_format": "url"}, UnknownParameter, "response_format", "unknown_parameter"),
-    ("gpt-image", {"response_format": "b64_json"}, UnknownParameter, "response_format", "unknown_parameter"),
     ("gpt-image", {"quality": "standard"}, InvalidValue, "quality", "invalid_value"),
     ("gpt-image", {"quality": "xhigh"}, InvalidValue, "quality", "invalid_value"),
     ("gpt-image", {"n": "0"}, InvalidValue, "n", "invalid_value"),
@@ -125,6 +141,25 @@ ILLEGAL: list[tuple[ApiFamily, dict[str, str], type[RetouchError], str, str]] = 
     ("gpt-image", {"complexity": "low"}, UnknownParameter, "complexity", "unknown_parameter"),
     ("gpt-image", {"frame_count": "3"}, UnknownParameter, "frame_count", "unknown_parameter"),
     ("gpt-image", {"svg[reasoning][effort]": "low"}, UnknownParameter, "svg[reasoning][effort]", "unknown_parameter"),
+    ("gpt-image", {"quality": "max"}, InvalidValue, "quality", "invalid_value"),
+    ("gpt-image-2", {"quality": "xhigh"}, InvalidValue, "quality", "invalid_value"),
+    ("gpt-image-2", {"complexity": "low"}, UnknownParameter, "complexity", "unknown_parameter"),
+    ("gpt-image-2", {"output_format": "gif"}, InvalidValue, "output_format", "invalid_value"),
+    # gpt-image-2.5 / 2.6
+    ("gpt-image-2.5", {"complexity": "high"}, UnknownParameter, "complexity", "unknown_parameter"),
+    ("gpt-image-2.5", {"input_fidelity": "high"}, UnknownParameter, "input_fidelity", "unknown_parameter"),
+    ("gpt-image-2.5", {"size": "1000x1000"}, InvalidValue, "size", "invalid_value"),
+    ("gpt-image-2.5", {"size": "1024x3088"}, InvalidValue, "size", "invalid_value"),
+    ("gpt-image-2.5", {"quality": "ultra"}, InvalidValue, "quality", "invalid_value"),
+    ("gpt-image-2.5", {"frame_count": "3"}, InvalidValue, "frame_count", "invalid_value"),
+    ("gpt-image-2.5", {"output_format": "gif", "frame_count": "1"}, InvalidValue, "frame_count", "invalid_value"),
+    ("gpt-image-2.5", {"output_format": "gif", "frame_count": "17"}, InvalidValue, "frame_count", "invalid_value"),
+    ("gpt-image-2.5", {"output_format": "gif", "frame_duration_ms": "655351"}, InvalidValue, "frame_duration_ms", "invalid_value"),
+    ("gpt-image-2.5", {"output_format": "gif", "stream": "true"}, InvalidValue, "stream", "invalid_value"),
+    ("gpt-image-2.5", {"output_format": "gif", "output_compression": "50"}, InvalidValue, "output_compression", "invalid_value"),
+    ("gpt-image-2.5", {"svg[model]": "m"}, InvalidValue, "svg", "invalid_value"),
+    ("gpt-image-2.6", {"complexity": "extreme"}, InvalidValue, "complexity", "invalid_value"),
+    ("gpt-image-2.6", {"response_format": "url"}, UnknownParameter, "response_format", "unknown_parameter"),
     # gpt-image-2
     ("gpt-image-2", {"input_fidelity": "high"}, UnknownParameter, "input_fidelity", "unknown_parameter"),
     ("gpt-image-2", {"size": "1000x1000"}, InvalidValue, "size", "invalid_value"),
@@ -201,14 +236,34 @@ def test_url_output_for_gpt_families_only_when_allowed() -> None:
 
 
 def test_json_body_rules() -> None:
-    """OpenAI's JSON variant: GPT-image models only, and no response_format."""
+    """OpenAI's JSON variant: GPT-image models only; b64_json (what it returns) is accepted,
+    url only where the operator allows it."""
     assert validate("gpt-image", {"n": "2"}, json_body=True).n == 2
     with pytest.raises(InvalidValue) as err:
         validate("dall-e-2", {}, json_body=True)
     assert err.value.param == "model"
+    assert validate("gpt-image", {"response_format": "b64_json"}, json_body=True).n == 1
     with pytest.raises(UnknownParameter) as unknown:
-        validate("gpt-image", {"response_format": "b64_json"}, json_body=True)
+        validate("gpt-image", {"response_format": "url"}, json_body=True)
     assert unknown.value.param == "response_format"
+
+
+def test_markup_rules() -> None:
+    markup = Upload("markup", "m.png", "image/png", b"")
+    form = EditForm(fields={"prompt": "p"}, images=[IMAGE], markup=markup)
+    ok = to_edit_params(form, model="gpt-image-2.5-flare", served_model="echo",
+                        family="gpt-image-2.5", limits=LIMITS, allow_url=False)  # fmt: skip
+    assert ok.family == "gpt-image-2.5"
+    for family in ("gpt-image", "gpt-image-2"):
+        with pytest.raises(UnknownParameter) as unknown:
+            to_edit_params(form, model="m", served_model="echo", family=family,  # type: ignore[arg-type]
+                           limits=LIMITS, allow_url=False)  # fmt: skip
+        assert unknown.value.param == "markup"
+    both = EditForm(fields={"prompt": "p"}, images=[IMAGE], markup=markup, mask=markup)
+    with pytest.raises(InvalidValue) as err:
+        to_edit_params(both, model="m", served_model="echo", family="gpt-image-2.6",
+                       limits=LIMITS, allow_url=False)  # fmt: skip
+    assert err.value.param == "markup"
 
 
 def test_partial_images_are_zero_without_stream() -> None:

@@ -100,6 +100,7 @@ def test_contract_example_usage() -> None:
         "input_tokens": 196,
         "input_tokens_details": {"text_tokens": 2, "image_tokens": 194},
         "output_tokens": 4160,
+        "output_tokens_details": {"image_tokens": 4160, "text_tokens": 0},
         "total_tokens": 4356,
     }
 

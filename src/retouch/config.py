@@ -19,19 +19,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-ApiFamily = Literal["dall-e-2", "gpt-image", "gpt-image-2", "native"]
+from retouch.families import ApiFamily
+
 EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext"]
 
-OPENAI_IMAGE_MODELS: dict[str, ApiFamily] = {
-    "dall-e-2": "dall-e-2",
-    "gpt-image-1": "gpt-image",
-    "gpt-image-1-mini": "gpt-image",
-    "gpt-image-1.5": "gpt-image",
-    "chatgpt-image-latest": "gpt-image",
-    "gpt-image-2": "gpt-image-2",
-    "gpt-image-2-2026-04-21": "gpt-image-2",
-}
-"""OpenAI's edit model names and the validation rules (family) each follows."""
 
 
 class _Group(BaseModel):

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from retouch.accounting.gate import Principal, serving_check
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
-from retouch.api.edits import create_edit
+from retouch.api.edits import create_edit, create_generation
 from retouch.api.middleware import RequestContext
 from retouch.api.playground import playground_routes
 from retouch.api.usage import images_usage
@@ -75,6 +75,7 @@ def build_app(
     return Starlette(
         routes=[
             Route("/v1/images/edits", create_edit, methods=["POST"]),
+            Route("/v1/images/generations", create_generation, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
@@ -132,10 +133,10 @@ async def get_model(request: Request) -> Response:
     principal = await authenticate(request)
     name = request.path_params["model"]
     services = _services(request)
-    for known, model in services.routes.names():
-        if known == name and _allowed(principal, name, model):
-            return Response(orjson.dumps(_model_object(services, name, model)),
-                            media_type="application/json")  # fmt: skip
+    model = services.routes.served_by(name)  # dated snapshots too
+    if model is not None and _allowed(principal, name, model):
+        return Response(orjson.dumps(_model_object(services, name, model)),
+                        media_type="application/json")  # fmt: skip
     raise NotFound(
         f"The model '{name}' does not exist or you do not have access to it.",
         param="model",

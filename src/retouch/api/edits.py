@@ -1,4 +1,6 @@
-"""``POST /v1/images/edits``: read the body under admission, then one service call, JSON or SSE.
+"""``POST /v1/images/edits`` and ``POST /v1/images/generations``: read the body under
+admission, then one service call, JSON or SSE. A generation is the same pipeline with a JSON
+body and no input files (``mode="generate"``).
 
 Authentication (``auth``), idempotency (``idempotency``) and the disconnect race
 (``disconnect``) are helpers with their own tests; this route only puts them in order.
@@ -16,7 +18,7 @@ from starlette.responses import Response
 from retouch.api import render
 from retouch.api.auth import authenticate
 from retouch.api.disconnect import until_disconnect
-from retouch.api.forms import RequestTimeout, read_json, read_multipart
+from retouch.api.forms import RequestTimeout, read_generation_json, read_json, read_multipart
 from retouch.api.idempotency import Idempotency
 from retouch.api.responses import PiecesResponse
 from retouch.api.sse import EventStreamResponse
@@ -25,6 +27,7 @@ from retouch.errors import ClientLeft, InvalidRequest, PayloadTooLarge
 from retouch.integers import ascii_int
 from retouch.service.admission import Admission
 from retouch.service.form import EditForm
+from retouch.service.params import Mode
 
 if TYPE_CHECKING:  # annotations only: the HTTP layer does not import the service's machinery
     from retouch.bootstrap import Services
@@ -34,6 +37,14 @@ log = logging.getLogger(__name__)
 
 
 async def create_edit(request: Request) -> Response:
+    return await _create_images(request, "edit")
+
+
+async def create_generation(request: Request) -> Response:
+    return await _create_images(request, "generate")
+
+
+async def _create_images(request: Request, mode: Mode) -> Response:
     services: Services = request.app.state.services
     edits = services.edits
     request_id: str = request.state.request_id
@@ -41,14 +52,14 @@ async def create_edit(request: Request) -> Response:
     idem = Idempotency(services.gate, principal, request.headers.get("idempotency-key"))
     with edits.admission() as admission:
         try:
-            form = await read_form(request, services.settings, admission)
+            form = await read_form(request, services.settings, admission, mode)
             stored = await idem.replay(form)
             if stored is not None:
                 return Response(stored.body, status_code=stored.status, media_type=stored.content_type,
                                 headers={"idempotent-replayed": "true"})  # fmt: skip
             try:
                 prepared = await until_disconnect(
-                    request.receive, edits.prepare(form, principal, request_id, admission)
+                    request.receive, edits.prepare(form, principal, request_id, admission, mode)
                 )
                 del form  # its uploads are decoded; let them go
                 request.state.extra_headers = prepared.headers
@@ -74,7 +85,9 @@ def _stream(edits: EditService, prepared: PreparedEdit) -> Response:
     )
 
 
-async def read_form(request: Request, settings: Settings, admission: Admission) -> EditForm:
+async def read_form(
+    request: Request, settings: Settings, admission: Admission, mode: Mode = "edit"
+) -> EditForm:
     """The body as an ``EditForm``, with every cap enforced as it streams in and the queue
     ticket taken as soon as the model is known. A client that hangs up is ``ClientLeft``."""
     limits = settings.limits
@@ -88,6 +101,14 @@ async def read_form(request: Request, settings: Settings, admission: Admission) 
     media = content_type.split(";", 1)[0].strip().lower()
     try:
         async with asyncio.timeout(limits.receipt_timeout_s):
+            if mode == "generate":
+                if media != "application/json":  # OpenAI's generations take JSON only
+                    raise InvalidRequest(
+                        "Invalid Content-Type: image generations take a JSON body "
+                        "(application/json).",
+                        code="unsupported_content_type",
+                    )
+                return await read_generation_json(request.stream(), limits, admission)
             if media == "multipart/form-data":
                 return await read_multipart(request.stream(), content_type, limits, admission)
             if media == "application/json":

@@ -32,12 +32,13 @@ from retouch.errors import (
 )
 from retouch.service.admission import Admission
 from retouch.service.form import EditForm
-from retouch.service.params import ALLOWED_FIELDS
+from retouch.service.params import KNOWN_FIELDS
 from retouch.types import Upload
 
 _IMAGE = re.compile(r"^image(?:\[\]|\[([0-9]{1,3})\]|\.([0-9]{1,3})(?:\.items)?)?$")
 _MASK = {"mask", "mask[]"}
-_TEXT_FIELDS = frozenset().union(*ALLOWED_FIELDS.values(), {"response_format"})
+_TEXT_FIELDS = KNOWN_FIELDS
+_MARKUP = {"markup", "markup[]"}
 
 
 class RequestTimeout(InvalidRequest):
@@ -109,8 +110,8 @@ class _FormBuilder:
         part.size += end - start
         if part.filename is None:
             cap, param, code = self.limits.max_field_bytes, part.name, "field_too_large"
-        elif part.name in _MASK:
-            cap, param, code = self.limits.max_mask_bytes, "mask", "file_too_large"
+        elif part.name in _MASK or part.name in _MARKUP:
+            cap, param, code = self.limits.max_mask_bytes, part.name.rstrip("[]"), "file_too_large"
         else:
             cap, param, code = self.limits.max_image_bytes, self._file_param(part), "file_too_large"
         if part.size > cap:
@@ -154,7 +155,7 @@ class _FormBuilder:
 
     # --------------------------------------------------------------------------------------
     def _text(self, part: _Part, data: bytes) -> None:
-        if _IMAGE.match(part.name) or part.name in _MASK:
+        if _IMAGE.match(part.name) or part.name in _MASK or part.name in _MARKUP:
             raise InvalidValue(
                 f"Invalid type for '{part.name}': expected a file, but got a string instead.",
                 param=part.name,
@@ -194,6 +195,11 @@ class _FormBuilder:
             if self.form.mask is not None:
                 raise InvalidValue("Only one mask file may be sent.", param="mask")
             self.form.mask = Upload("mask", part.filename or "", part.content_type, data)
+            return
+        if part.name in _MARKUP:
+            if self.form.markup is not None:
+                raise InvalidValue("Only one markup file may be sent.", param="markup")
+            self.form.markup = Upload("markup", part.filename or "", part.content_type, data)
             return
         match = _IMAGE.match(part.name)
         if not match:
@@ -301,32 +307,7 @@ async def read_json(
 ) -> EditForm:
     """Parse a JSON edit body; with an ``admission``, its bytes count against the upload
     budget and the queue ticket is taken before any data URL is decoded."""
-    body = bytearray()
-    received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > limits.max_body_bytes:
-            raise PayloadTooLarge(
-                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
-            )
-        if admission is not None and admission.refusal is None:
-            try:
-                admission.take_bytes(len(chunk))
-            except RetouchError as exc:
-                admission.refusal = exc
-                body.clear()
-        if admission is None or admission.refusal is None:
-            body += chunk
-    if admission is not None and admission.refusal is not None:
-        raise admission.refusal
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request.", code="invalid_json"
-        ) from None
-    if not isinstance(doc, dict):
-        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    doc = await _json_object(chunks, limits, admission)
     model = doc.get("model")
     if admission is not None and (model is None or isinstance(model, str)):
         admission.on_model(model or None)
@@ -353,6 +334,69 @@ async def read_json(
     mask = doc.pop("mask", None)
     if mask is not None:
         form.mask = _image_ref(mask, "mask", limits.max_mask_bytes)
+    markup = doc.pop("markup", None)
+    if markup is not None:
+        form.markup = _image_ref(markup, "markup", limits.max_mask_bytes)
+    _flatten_svg(doc)
+    _json_fields(doc, form)
+    return form
+
+
+async def read_generation_json(
+    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
+) -> EditForm:
+    """``POST /v1/images/generations``: OpenAI's JSON body, text fields only (``null`` values,
+    which both SDKs send for an explicit ``None``, are absent). With an ``admission``, the
+    queue ticket is taken as soon as the body is parsed."""
+    doc = await _json_object(chunks, limits, admission)
+    model = doc.get("model")
+    if admission is not None and (model is None or isinstance(model, str)):
+        admission.on_model(model or None)
+    for name in ("image", "images", "mask", "markup"):
+        if name in doc:
+            raise UnknownParameter(
+                name, "Generations take no input images; send them to /v1/images/edits."
+            )
+    _flatten_svg(doc)
+    form = EditForm(json_body=True)
+    _json_fields(doc, form)
+    return form
+
+
+async def _json_object(
+    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None
+) -> dict[str, object]:
+    body = bytearray()
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > limits.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
+            )
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
+                body.clear()
+        if admission is None or admission.refusal is None:
+            body += chunk
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request.", code="invalid_json"
+        ) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    return doc
+
+
+def _json_fields(doc: dict[str, object], form: EditForm) -> None:
+    """The text fields of a JSON body, as multipart would carry them."""
     for key, value in doc.items():
         if value is None:
             continue
@@ -370,7 +414,28 @@ async def read_json(
                 param=key,
                 code="invalid_type",
             )
-    return form
+
+
+def _flatten_svg(doc: dict[str, object]) -> None:
+    """The SDKs' nested ``svg`` object, flattened to the multipart spelling in place."""
+    svg = doc.pop("svg", None)
+    if isinstance(svg, dict):
+        doc.update(_flatten("svg", svg))
+    elif svg is not None:
+        doc["svg"] = svg
+
+
+def _flatten(prefix: str, value: dict[str, object]) -> dict[str, object]:
+    """``{"model": "m", "reasoning": {"effort": "low"}}`` -> ``svg[model]``,
+    ``svg[reasoning][effort]`` (the multipart spelling)."""
+    flat: dict[str, object] = {}
+    for key, item in value.items():
+        name = f"{prefix}[{key}]"
+        if isinstance(item, dict):
+            flat.update(_flatten(name, item))
+        else:
+            flat[name] = item
+    return flat
 
 
 def _image_ref(ref: object, param: str, cap: int) -> Upload:

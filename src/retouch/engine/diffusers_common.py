@@ -38,6 +38,7 @@ from retouch.engine.types import (
     EditOutput,
     EngineInfo,
     EngineLoadError,
+    MarkupUse,
     Pixels,
     Progress,
     Quality,
@@ -319,11 +320,26 @@ def cpu_generators(seed: int, n: int) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
 
 
+BEYOND_HIGH_STEPS = {"xhigh": 1.5, "max": 2.0}
+"""``quality`` xhigh / max (2.5 families): the ``high`` step count times this, unless the
+``steps`` option names them."""
+COMPLEXITY_GUIDANCE = {"low": 0.75, "medium": 1.0, "high": 1.25}
+"""``complexity`` (2.6 families) on engines with classifier-free guidance: the guidance scale
+times this. More guidance = the prompt's content and layout weigh more against the model's
+prior, the nearest knob a diffusion model has to "planning effort"."""
+
+
 class DiffusersEngine:
     """Base of the diffusers engines: settings, loading, one job at a time, failures."""
 
     defaults: FamilyDefaults
     family: str
+    markup_use: MarkupUse = "mask"
+    """How ``markup`` reaches this engine (``EngineInfo.markup``)."""
+    complexity_scales_guidance: bool = False
+    """``complexity`` scales the CFG scale (engines that run a real CFG pass)."""
+    text_to_image: str | None = None
+    """How the engine serves ``/v1/images/generations`` (``EngineInfo.text_to_image``)."""
     batches = False
     """Whether the family's pipelines take per-request inputs on their batch dimension
     (``_generate_batch``); the others run one request per call."""
@@ -343,6 +359,13 @@ class DiffusersEngine:
             supports_mask=True,
             supports_transparency=True,
             generative=True,
+            markup=self.markup_use,
+            text_to_image=self.text_to_image,
+            complexity=(
+                "scales the classifier-free guidance (low 0.75x, medium 1x, high 1.25x)"
+                if self.complexity_scales_guidance
+                else None
+            ),
         )
         self.device = resolve_device(model.device)
         self.dtype = resolve_dtype(model.dtype, self.device)
@@ -498,7 +521,8 @@ class DiffusersEngine:
         if isinstance(o.steps, int):
             steps = o.steps
         else:
-            steps = (o.steps or {}).get(job.quality, d.steps[job.quality])
+            table = {**d.steps, **(o.steps or {})}
+            steps = table.get(job.quality) or round(table["high"] * BEYOND_HIGH_STEPS[job.quality])
         fidelity_strength = o.high_fidelity_strength or d.high_fidelity_strength
         strength = fidelity_strength if job.input_fidelity == "high" else 1.0
         size = generation_size(
@@ -507,6 +531,8 @@ class DiffusersEngine:
             max_pixels=o.max_pixels or d.max_pixels,
         )
         guidance = d.guidance_scale if o.guidance_scale is None else o.guidance_scale
+        if job.complexity is not None and self.complexity_scales_guidance:
+            guidance *= COMPLEXITY_GUIDANCE[job.complexity]
         return Plan(steps=steps, guidance_scale=guidance, strength=strength, size=size)
 
     def references(self, job: EditJob, start: int, min_side: int = SIZE_MULTIPLE) -> list[Image.Image]:

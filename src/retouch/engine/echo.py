@@ -42,7 +42,11 @@ class EchoEngine:
         self.delay_s = opts.delay_s
         self.steps = opts.steps
         self.fail = opts.fail
-        self.info = EngineInfo(name=name, description="Returns the input image unchanged.")
+        self.info = EngineInfo(
+            name=name,
+            description="Returns the input image unchanged.",
+            text_to_image="returns the blank canvas unchanged (tests and benchmarks)",
+        )
         self.runs = 0
         self.cancelled_runs = 0
 

@@ -53,6 +53,8 @@ TEXT_ENCODER_OUT_LAYERS = (9, 18, 27)
 class Flux2KleinEngine(DiffusersEngine):
     defaults = KLEIN_DEFAULTS
     family = "flux2-klein"
+    markup_use = "hint"  # an instruction model reads the strokes drawn on the image
+    text_to_image = "natively: the edit pipeline without reference images"
 
     pipe: Any = None
     inpaint: Any = None
@@ -84,6 +86,8 @@ class Flux2KleinEngine(DiffusersEngine):
         self.pipe = self.inpaint = None
 
     def check(self, job: EditJob) -> None:
+        if job.generate:  # the blank canvas is never used as a reference
+            return
         for index, pixels in enumerate(job.images):
             h, w = pixels.shape[:2]
             if max(w, h) > REFERENCE_MAX_ASPECT * min(w, h):
@@ -96,7 +100,8 @@ class Flux2KleinEngine(DiffusersEngine):
 
     def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
         o = self.options
-        masked = job.mask is not None or job.input_fidelity == "high"
+        # a generation's blank canvas and full mask are ignored: klein generates from text alone
+        masked = not job.generate and (job.mask is not None or job.input_fidelity == "high")
 
         # 1. OpenAI parameters -> steps, guidance, strength and a size klein renders well.
         plan = self.plan(job)
@@ -105,7 +110,11 @@ class Flux2KleinEngine(DiffusersEngine):
 
         # 2. Inputs: the start image at the generation size (masked path); references keep
         #    their aspect, shrunk to their pixel budget.
-        references = self.references(job, start=1 if masked else 0, min_side=REFERENCE_MIN_SIDE)
+        references = (
+            []
+            if job.generate
+            else self.references(job, start=1 if masked else 0, min_side=REFERENCE_MIN_SIDE)
+        )
 
         # 3. The hooks: cancellation before every step, step count, partial images.
         pipe = self.inpaint if masked else self.pipe
@@ -141,7 +150,7 @@ class Flux2KleinEngine(DiffusersEngine):
                     **common,
                 )
             else:
-                result = pipe(image=references, height=height, width=width, **common)
+                result = pipe(image=references or None, height=height, width=width, **common)
 
         # 5. Back to the requested size; pixels outside the mask come from the input exactly.
         return self.output(job, to_pixels(result.images), tap.steps_done)

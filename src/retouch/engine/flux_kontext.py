@@ -51,6 +51,7 @@ KONTEXT_DEFAULTS = FamilyDefaults(
 class FluxKontextEngine(DiffusersEngine):
     defaults = KONTEXT_DEFAULTS
     family = "flux-kontext"
+    markup_use = "hint"  # an instruction model reads the strokes drawn on the image
     batches = True  # one context image per batch row, prompts and generators per row
 
     pipe: Any = None

@@ -78,6 +78,7 @@ def image_only_processor(folder: Path) -> Any:
 class QwenImageEditEngine(DiffusersEngine):
     defaults = QWEN_DEFAULTS
     family = "qwen-image-edit"
+    markup_use = "hint"  # an instruction model reads the strokes drawn on the image
 
     pipe: Any = None
     inpaint: Any = None

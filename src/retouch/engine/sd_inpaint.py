@@ -51,6 +51,8 @@ NO_MASK_STRENGTH = {"low": 0.75, "high": 0.5}
 class SDInpaintEngine(DiffusersEngine):
     defaults = SD_DEFAULTS
     family = "sd-inpaint"
+    complexity_scales_guidance = True
+    text_to_image = "inpainting with the whole blank canvas masked, at strength 1.0"
     batches = True  # prompts, images, masks and generators are all per batch row
 
     pipe: Any = None
@@ -75,6 +77,8 @@ class SDInpaintEngine(DiffusersEngine):
         # 1. OpenAI parameters -> steps, CFG, strength and a size SD renders well (<= 512^2).
         plan = self.plan(job)
         strength = plan.strength if job.mask is not None else NO_MASK_STRENGTH[job.input_fidelity]
+        if job.generate:  # a blank canvas, all of it masked: nothing of it may show through
+            strength = 1.0
         width, height = plan.size
 
         # 2. The hooks: cancellation before every UNet pass, step count, partial images (the

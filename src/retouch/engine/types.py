@@ -19,7 +19,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 from retouch.types import Pixels as Pixels  # re-exported: engines speak it
 
-Quality = Literal["low", "medium", "high"]
+Quality = Literal["low", "medium", "high", "xhigh", "max"]
+"""``xhigh`` and ``max`` come from the 2.5+ families; generative engines give them more steps."""
+Complexity = Literal["low", "medium", "high"]
+MarkupUse = Literal["mask", "hint"]
 Fidelity = Literal["low", "high"]
 Background = Literal["transparent", "opaque", "auto"]
 
@@ -41,6 +44,11 @@ class EditJob:
     """How many partial images the client asked for (0-3); the engine may send fewer."""
     seed: int = 0
     """Deterministic seed: engines derive per-image seeds as ``seed + index``."""
+    complexity: Complexity | None = None
+    """Planning effort (gpt-image-2.6); only reaches engines whose info says they take it."""
+    generate: bool = False
+    """A text-to-image job (``/v1/images/generations``): ``images`` holds one blank canvas of
+    ``size`` and ``mask`` marks all of it; engines that generate natively ignore both."""
 
 
 @dataclass
@@ -83,6 +91,19 @@ class EngineInfo:
     supports_mask: bool = True
     supports_transparency: bool = True
     generative: bool = False
+    output_formats: frozenset[str] = frozenset({"png", "jpeg", "webp"})
+    """Formats the engine can produce (the service encodes png/jpeg/webp from pixels; gif or
+    svg would need an engine that makes animations or vector drawings)."""
+    complexity: str | None = None
+    """What ``complexity`` changes in this engine (for docs and errors); ``None``: the engine
+    has no such knob and ``complexity`` is a 400 naming it."""
+    markup: MarkupUse = "mask"
+    """How a ``markup`` image reaches the engine: ``mask`` = its strokes and the area they
+    enclose become the edit mask; ``hint`` = it is drawn onto the first image for the model to
+    read (instruction-following engines)."""
+    text_to_image: str | None = None
+    """How the engine generates from a prompt alone (``/v1/images/generations``); ``None``: it
+    cannot, and generations are a 400 that says so."""
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from retouch.protocol.images import (
     ImagesResponse,
     ImagesUsage,
     InputTokensDetails,
+    OutputTokensDetails,
     StreamEvent,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "ImagesUsage",
     "InputTokensDetails",
     "OpenAIBaseModel",
+    "OutputTokensDetails",
     "StreamEvent",
 ]

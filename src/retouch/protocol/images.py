@@ -1,4 +1,4 @@
-"""``ImagesResponse`` and the image stream events (edits now; generations share the shapes)."""
+"""``ImagesResponse`` and the image stream events of edits and generations (one set of shapes)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pydantic import Field
 
 from retouch.protocol.common import ErrorEvent, OpenAIBaseModel
 
-OutputFormat = Literal["png", "jpeg", "webp"]
-Quality = Literal["low", "medium", "high", "auto", "standard"]
+OutputFormat = Literal["png", "jpeg", "webp", "gif", "svg"]
+"""PY357's enum (retouch's engines write png/jpeg/webp; gif and svg are refused)."""
+Quality = Literal["low", "medium", "high", "xhigh", "max", "auto", "standard"]
 Background = Literal["transparent", "opaque"]
 
 
@@ -18,12 +19,21 @@ class InputTokensDetails(OpenAIBaseModel):
     image_tokens: int
 
 
+class OutputTokensDetails(OpenAIBaseModel):
+    """PY357 ``UsageOutputTokensDetails`` (every output token of an image model is an image
+    token)."""
+
+    image_tokens: int
+    text_tokens: int
+
+
 class ImagesUsage(OpenAIBaseModel):
     """Token usage of one response (GPT-image families; dall-e-2 responses carry none)."""
 
     input_tokens: int
     input_tokens_details: InputTokensDetails
     output_tokens: int
+    output_tokens_details: OutputTokensDetails | None = None
     total_tokens: int
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from retouch.config import ApiFamily, Limits
+from retouch.config import Limits
 from retouch.engine.types import EngineInfo
+from retouch.families import FAMILIES, ApiFamily
 from retouch.service.params import (
-    ALLOWED_FIELDS,
     DALL_E_2_SIZES,
     FIXED_SIZES,
     GPT2_MAX_EDGE,
     GPT2_MAX_PIXELS,
     GPT2_MIN_PIXELS,
-    NOT_IMPLEMENTED,
+    allowed_fields,
 )
 
 
@@ -30,14 +30,16 @@ def model_capabilities(
     name: str, family: ApiFamily, info: EngineInfo, limits: Limits
 ) -> dict[str, Any]:
     """The parameters and values the request name ``name`` (of ``family``, served by an engine
-    described by ``info``) accepts on ``/v1/images/edits``."""
-    fields = ALLOWED_FIELDS[family]
-    if family == "dall-e-2":
-        free: dict[str, int | None] | None
+    described by ``info``) accepts on ``/v1/images/edits`` (``generations``: whether the
+    engine also serves ``/v1/images/generations``)."""
+    rules = FAMILIES[family]
+    fields = allowed_fields(rules, "edit")
+    free: dict[str, int | None] | None
+    if rules.sizes == "dall-e-2":
         sizes, free = _names(DALL_E_2_SIZES), None
-    elif family == "gpt-image":
+    elif rules.sizes == "fixed":
         sizes, free = ["auto", *_names(FIXED_SIZES)], None
-    elif family == "gpt-image-2":
+    elif rules.sizes == "free":
         sizes = ["auto", *_names(FIXED_SIZES)]
         free = {"multiple": 16, "min_pixels": GPT2_MIN_PIXELS, "max_pixels": GPT2_MAX_PIXELS,
                 "max_edge": GPT2_MAX_EDGE, "max_aspect": 3}  # fmt: skip
@@ -45,12 +47,14 @@ def model_capabilities(
         sizes = ["auto", *_names(FIXED_SIZES)]
         free = {"multiple": 1, "min_pixels": 1, "max_pixels": limits.max_output_pixels,
                 "max_edge": 16384, "max_aspect": None}  # fmt: skip
-    gpt = family != "dall-e-2"
+    gpt = rules.gpt_options
     backgrounds = ["auto", "opaque"] + (["transparent"] if info.supports_transparency else [])
-    if "input_fidelity" not in fields:
+    if not rules.input_fidelity:
         fidelity: list[str] = []
     else:
-        fidelity = ["low"] if name == "gpt-image-1-mini" else ["low", "high"]
+        fidelity = ["low"] if name.startswith("gpt-image-1-mini") else ["low", "high"]
+    # only what the engine can write (gif / svg pass validation, then the engine refuses them)
+    formats = [f for f in rules.output_formats if f in info.output_formats] if gpt else []
     return {
         "family": family,
         "engine": info.name,
@@ -58,22 +62,23 @@ def model_capabilities(
         "description": info.description,
         "params": sorted(fields),
         "edits": True,
-        "generations": info.generative,
+        "generations": info.text_to_image is not None,
         "max_images": 1 if family == "dall-e-2" else min(info.max_images, limits.max_images),
         "square_png_only": family == "dall-e-2",
-        "max_prompt": 1000 if family == "dall-e-2" else 32000,
+        "max_prompt": rules.max_prompt,
         "mask": info.supports_mask,
-        "markup": "markup" not in NOT_IMPLEMENTED,
+        "markup": rules.markup,
+        "complexity": rules.complexity and info.complexity is not None,
         "n_max": 10,
         "sizes": sizes,
         "free_size": free,
-        "qualities": ["auto", "low", "medium", "high"] if gpt else ["auto", "standard"],
-        "output_formats": ["png", "jpeg", "webp"] if gpt else [],
+        "qualities": ["auto", *rules.qualities],
+        "output_formats": formats,
         "compression_formats": ["jpeg", "webp"] if gpt else [],
         "backgrounds": backgrounds if gpt else [],
         "transparent_formats": ["png", "webp"] if gpt else [],
         "input_fidelity": fidelity,
         "stream": "stream" in fields,
         "partial_images_max": 3 if "partial_images" in fields else 0,
-        "response_formats": ["url", "b64_json"] if family == "dall-e-2" else ["b64_json"],
+        "response_formats": ["b64_json"] if rules.url == "setting" else ["url", "b64_json"],
     }

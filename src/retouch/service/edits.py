@@ -36,16 +36,20 @@ from retouch.protocol import (
     Image,
     ImageEditCompletedEvent,
     ImageEditPartialImageEvent,
+    ImageGenCompletedEvent,
+    ImageGenPartialImageEvent,
     ImagesResponse,
     ImagesUsage,
     InputTokensDetails,
+    OutputTokensDetails,
 )
 from retouch.scheduler.base import Backend, PartialSink, Ticket
 from retouch.service import jobs
 from retouch.service.admission import Admission, UploadBudget
+from retouch.service.capabilities import Served
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
-from retouch.service.params import EditParams, to_edit_params
+from retouch.service.params import EditParams, Mode, to_edit_params
 from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
@@ -109,13 +113,22 @@ class EditService:
 
     # -- admission, validation and decoding ----------------------------------------------------
 
+    def _served(self) -> dict[str, Served]:
+        """Every configured model's engine kind and declared capabilities (for errors that
+        name who could serve a request)."""
+        return {
+            name: Served(self.routes.models[name].engine, b.info)
+            for name, b in self.backends.items()
+        }
+
     def admission(self) -> Admission:
         """A fresh admission for one request (hand it to the body reader)."""
         return Admission(self.routes, self.backends, self.budget)
 
     async def prepare(
-        self, form: EditForm, principal: Principal, request_id: str, admission: Admission
-    ) -> PreparedEdit:
+        self, form: EditForm, principal: Principal, request_id: str, admission: Admission,
+        mode: Mode = "edit",
+    ) -> PreparedEdit:  # fmt: skip
         """Admit (if the body reader did not yet), validate, decode. Takes the ticket over
         from ``admission``; the returned edit must end with ``respond``, ``stream`` or
         ``abandon``."""
@@ -124,16 +137,16 @@ class EditService:
         assert route is not None
         assert admission.ticket is not None
         backend = self.backends[route.model.name]
-        allow_url = route.family == "dall-e-2" or self.settings.storage.allow_url_for_gpt_models
         params = to_edit_params(
             form,
             model=route.requested,
             served_model=route.model.name,
             family=route.family,
             limits=self.settings.limits,
-            allow_url=allow_url,
+            allow_url=self.settings.storage.allow_url_for_gpt_models,
+            mode=mode,  # a generation: the same rules, no input files
         )
-        jobs.check_capabilities(params, form, backend.info, self.settings.limits)
+        jobs.check_capabilities(params, form, backend.info, self.settings.limits, self._served())
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
@@ -158,7 +171,7 @@ class EditService:
                     status=status, input_images=inputs, output_images=0,
                     text_tokens=0, image_tokens=0, output_tokens=0,
                     latency_ms=int((time.monotonic() - admitted) * 1000),
-                    user=params.safety_identifier or params.user,
+                    user=params.end_user,
                 )
             )  # fmt: skip
             raise
@@ -178,12 +191,15 @@ class EditService:
         except TimeoutError:
             raise QueueTimeout("The request waited too long for its images to be decoded.") from None
         try:
-            result = await self._off_loop(jobs.decode_job, form, params, self.settings.limits)
+            result = await self._off_loop(
+                jobs.decode_job, form, params, self.settings.limits,
+                self.backends[params.served_model].info.markup,
+            )  # fmt: skip
         finally:
             self.decodes.release()
         # The raw uploads are not needed any more; dropping them here is what makes the upload
         # budget's accounting true (the caller gives the bytes back next).
-        form.images, form.mask = [], None
+        form.images, form.mask, form.markup = [], None, None
         return result
 
     async def abandoned(self, admission: Admission, principal: Principal, request_id: str) -> None:
@@ -307,9 +323,12 @@ class EditService:
             usage = self._usage(p, produced, partials)
             meta = self._meta(p, jobs.background_of(output.images, p.params))
             wire_usage = _wire_usage(usage)
+            completed = (
+                ImageEditCompletedEvent if p.params.mode == "edit" else ImageGenCompletedEvent
+            )
             for img in output.images:
                 b64 = await self._off_loop(jobs.encode_b64, img, p.params, p.job.size)
-                yield ImageEditCompletedEvent.model_construct(
+                yield completed.model_construct(
                     b64_json=b64, created_at=int(time.time()), **meta, usage=wire_usage
                 )
             status = 200
@@ -332,10 +351,13 @@ class EditService:
 
     async def _partial_event(
         self, p: PreparedEdit, image: Pixels, index: int
-    ) -> ImageEditPartialImageEvent:
+    ) -> ImageEditPartialImageEvent | ImageGenPartialImageEvent:
         b64 = await self._off_loop(jobs.encode_b64, image, p.params, p.job.size)
         meta = self._meta(p, jobs.background_of([image], p.params))
-        return ImageEditPartialImageEvent.model_construct(
+        partial = (
+            ImageEditPartialImageEvent if p.params.mode == "edit" else ImageGenPartialImageEvent
+        )
+        return partial.model_construct(
             b64_json=b64, created_at=int(time.time()), **meta, partial_image_index=index
         )
 
@@ -360,7 +382,8 @@ class EditService:
             "output_format": p.params.output_format,
             "quality": p.params.quality,
             "size": f"{w}x{h}",
-            "safety_identifier": p.params.safety_identifier or None,
+            # the newest SDKs: the effective id, safety_identifier else the deprecated user
+            "safety_identifier": p.params.end_user,
         }
 
     async def _record(self, p: PreparedEdit, status: int, usage: Usage | None, images: int) -> None:
@@ -372,13 +395,13 @@ class EditService:
             key_id=p.principal.key_id,
             model=p.params.model,
             status=status,
-            input_images=len(p.job.images),
+            input_images=len(p.input_sizes),
             output_images=images,
             text_tokens=usage.text_tokens if usage else 0,
             image_tokens=usage.image_tokens if usage else 0,
             output_tokens=usage.output_tokens if usage else 0,
             latency_ms=int((time.monotonic() - p.started) * 1000),
-            user=p.params.safety_identifier or p.params.user,
+            user=p.params.end_user,
         )
         await self._write_record(record)
 
@@ -399,5 +422,9 @@ def _wire_usage(usage: Usage) -> ImagesUsage:
             text_tokens=usage.text_tokens, image_tokens=usage.image_tokens
         ),
         output_tokens=usage.output_tokens,
+        # the newest SDKs parse it; every output token of an image model is an image token
+        output_tokens_details=OutputTokensDetails.model_construct(
+            image_tokens=usage.output_tokens, text_tokens=0
+        ),
         total_tokens=usage.total_tokens,
     )

@@ -20,5 +20,7 @@ class EditForm:
     images: list[Upload] = field(default_factory=list)
     """Input images in request order, whatever spelling they came in."""
     mask: Upload | None = None
+    markup: Upload | None = None
+    """The newest SDKs' ``markup``: a transparent PNG whose strokes show where to edit."""
     json_body: bool = False
     """Sent as OpenAI's JSON edit variant (GPT-image models only, no ``response_format``)."""

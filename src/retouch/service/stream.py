@@ -5,7 +5,13 @@ service's imaging and engine machinery."""
 
 from __future__ import annotations
 
-from retouch.protocol import ErrorEvent, ImageEditCompletedEvent, ImageEditPartialImageEvent
+from retouch.protocol import (
+    ErrorEvent,
+    ImageEditCompletedEvent,
+    ImageEditPartialImageEvent,
+    ImageGenCompletedEvent,
+    ImageGenPartialImageEvent,
+)
 
 
 class KeepAlive:
@@ -13,6 +19,10 @@ class KeepAlive:
 
 
 KEEPALIVE = KeepAlive()
-StreamItem = ImageEditPartialImageEvent | ImageEditCompletedEvent | ErrorEvent | KeepAlive
+StreamItem = (
+    ImageEditPartialImageEvent | ImageEditCompletedEvent | ImageGenPartialImageEvent
+    | ImageGenCompletedEvent | ErrorEvent | KeepAlive
+)  # fmt: skip
+"""Edits stream ``image_edit.*`` events, generations ``image_generation.*``."""
 
 __all__ = ["KEEPALIVE", "KeepAlive", "StreamItem"]

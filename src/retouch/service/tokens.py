@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from retouch.config import ApiFamily
+from retouch.families import FAMILIES, ApiFamily
 
 _TABLE = {
     "low": {(1024, 1024): 272, (1024, 1536): 408, (1536, 1024): 400},
@@ -25,6 +25,10 @@ _TABLE = {
     "high": {(1024, 1024): 4160, (1024, 1536): 6240, (1536, 1024): 6208},
 }
 PARTIAL_IMAGE_TOKENS = 100
+BEYOND_HIGH = {"xhigh": 1.5, "max": 2.0}
+"""``xhigh`` / ``max`` (2.5 families) have no published token counts: retouch bills them as
+``high`` scaled like the engines' steps (1.5x and 2x), in the table and in the gpt-image-2
+formula's quality factor."""
 
 
 @functools.cache
@@ -58,19 +62,20 @@ def input_image_tokens(width: int, height: int, fidelity: str = "low") -> int:
 
 
 def gpt_image_2_output_tokens(quality: str, width: int, height: int) -> int:
-    f = {"low": 16, "medium": 48, "high": 96}[quality]
+    f = {"low": 16, "medium": 48, "high": 96, "xhigh": 144, "max": 192}[quality]
     long_side, short_side = max(width, height), min(width, height)
     s = (2 * f * short_side + long_side) // (2 * long_side)
     return -(-f * s * (2_000_000 + width * height) // 4_000_000)
 
 
 def output_image_tokens(family: ApiFamily, quality: str, width: int, height: int) -> int:
-    if family == "gpt-image-2":
+    if FAMILIES[family].usage == "gpt-image-2":
         return gpt_image_2_output_tokens(quality, width, height)
-    table = _TABLE[quality]
+    factor = BEYOND_HIGH.get(quality, 1.0)
+    table = _TABLE["high" if quality in BEYOND_HIGH else quality]
     if (width, height) in table:
-        return table[(width, height)]
-    return max(1, round(table[(1024, 1024)] * width * height / (1024 * 1024)))
+        return round(table[(width, height)] * factor)
+    return max(1, round(table[(1024, 1024)] * factor * width * height / (1024 * 1024)))
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class Usage:
                 "image_tokens": self.image_tokens,
             },
             "output_tokens": self.output_tokens,
+            # the newest SDKs parse it; every output token of an image model is an image token
+            "output_tokens_details": {"image_tokens": self.output_tokens, "text_tokens": 0},
             "total_tokens": self.total_tokens,
         }
 

@@ -40,7 +40,7 @@ from retouch.engine.types import (
     Pixels,
     Progress,
 )
-from retouch.errors import UnsupportedInstruction
+from retouch.errors import InvalidValue, UnsupportedInstruction
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,7 @@ class ClassicEngine:
             )
         for op in plan:
             self._check_op(op, job)
+        self._check_contradictions(plan, job)
         used = 1 + max((op.image for op in plan if op.name == "background_image"), default=0)
         if len(job.images) > used:
             raise self._refuse(
@@ -208,6 +209,21 @@ class ClassicEngine:
                     f"no installed font can draw {missing[:20]!r}; install a font that has "
                     "these characters (for Chinese, Japanese or Korean: fonts-noto-cjk) or "
                     "set the engine option 'font' to its path"
+                )
+
+    @staticmethod
+    def _check_contradictions(plan: tuple[Op, ...], job: EditJob) -> None:
+        """A parameter the prompt contradicts is a 400 naming the parameter: silently letting
+        one of them win would return something the client did not ask for."""
+        opaque = {"background_color": "a colour background", "background_image":
+                  "another image as background", "blur_background": "a blurred background"}  # fmt: skip
+        for op in plan:
+            if job.background == "transparent" and op.name in opaque:
+                raise InvalidValue(
+                    f"Invalid 'background': 'transparent' contradicts the prompt, which asks "
+                    f"for {opaque[op.name]} (an opaque result). Send background 'auto' or "
+                    "'opaque', or change the prompt.",
+                    param="background",
                 )
 
     def _refuse(self, reason: str) -> UnsupportedInstruction:
