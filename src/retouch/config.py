@@ -102,6 +102,33 @@ class StorageSettings(_Group):
     )
 
 
+class FetchSettings(_Group):
+    """Server-side downloads: ``image_url`` inputs and mirrored upstream links (SSRF-safe)."""
+
+    image_urls: bool = Field(
+        True,
+        description="Accept http(s) URLs in the JSON body's image_url (OpenAI does) and fetch "
+        "them; false = data: URLs only.",
+    )
+    timeout_s: float = Field(
+        20.0, gt=0, description="Deadline for one download: resolution, redirects and body."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Deadline for one TCP/TLS connect.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Most redirects followed per fetch.")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-public networks (CIDR, e.g. 10.20.0.0/16) that may be fetched anyway; "
+        "private, loopback, link-local and similar addresses are refused otherwise.",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
+
+
 class AccountSettings(_Group):
     db_threads: int = Field(
         8,
@@ -182,6 +209,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Admission.")
     storage: StorageSettings = Field(
         default_factory=StorageSettings, description="Blob storage and signed URLs."
+    )
+    fetch: FetchSettings = Field(
+        default_factory=FetchSettings, description="Server-side downloads (image_url, mirrors)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from retouch.accounting.gate import Gate, OpenGate, Principal, StoredResponse
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
-from retouch.api.forms import RequestTimeout, read_json, read_multipart
+from retouch.api.forms import RequestTimeout, UrlInputs, parse_json, read_body, read_multipart
 from retouch.api.middleware import RequestContext
 from retouch.api.responses import PiecesResponse
 from retouch.api.usage import images_usage
@@ -43,6 +43,7 @@ from retouch.errors import (
     RetouchError,
     retry_after_headers,
 )
+from retouch.net.fetch import Fetcher
 from retouch.scheduler import EngineWorker
 from retouch.service.edits import EditService
 from retouch.service.form import EditForm
@@ -65,6 +66,7 @@ class Services:
     gate: Gate
     store: LocalBlobStore
     signer: UrlSigner
+    fetcher: Fetcher
 
 
 async def open_gate(settings: Settings) -> Gate:
@@ -130,7 +132,7 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
     store = LocalBlobStore(settings.data_dir / "blobs")
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
     edits = EditService(settings, routes, workers, gate, store, signer)
-    return Services(settings, routes, workers, edits, gate, store, signer)
+    return Services(settings, routes, workers, edits, gate, store, signer, Fetcher())
 
 
 async def _sweep_blobs(services: Services) -> None:
@@ -156,7 +158,7 @@ async def create_edit(request: Request) -> Response:
     services = _services(request)
     request_id: str = request.state.request_id
     principal = await authenticate(request)
-    form = await _read_form(request, services.settings)
+    form = await _read_form(request, services)
     idem = request.headers.get("idempotency-key")
     fingerprint = await asyncio.to_thread(_fingerprint, form) if idem else ""
     held = False  # this request holds the idempotency key: it must remember or release it
@@ -204,7 +206,8 @@ async def _release(gate: Gate, principal: Principal, key: str) -> None:
         log.exception("could not release Idempotency-Key of %s", principal.key_id)
 
 
-async def _read_form(request: Request, settings: Settings) -> EditForm:
+async def _read_form(request: Request, services: Services) -> EditForm:
+    settings = services.settings
     limits = settings.limits
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
@@ -219,17 +222,20 @@ async def _read_form(request: Request, settings: Settings) -> EditForm:
             if media == "multipart/form-data":
                 form = await read_multipart(request.stream(), content_type, limits)
             elif media == "application/json":
-                form = await read_json(request.stream(), limits)
+                body = await read_body(request.stream(), limits)
             else:
                 raise InvalidRequest(
                     "Invalid Content-Type: send multipart/form-data (or application/json with "
-                    "'images' as data URLs).",
+                    "'images' as image URLs).",
                     code="unsupported_content_type",
                 )
     except TimeoutError:
         raise RequestTimeout(
             f"The request body was not received within {limits.receipt_timeout_s:.0f} s."
         ) from None
+    if media == "application/json":  # fetching image URLs is not the client's receipt time
+        urls = UrlInputs(services.fetcher, settings.fetch) if settings.fetch.image_urls else None
+        return await parse_json(body, limits, urls)
     return form
 
 

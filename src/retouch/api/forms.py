@@ -9,11 +9,14 @@ Errors name a file the way OpenAI does: ``image`` when one bare ``image`` part w
 ``image[i]`` for an element of an array (``image[N]`` keeps the client's own N).
 
 ``application/json`` bodies (OpenAI's JSON edit variant) carry ``images: [{image_url}]`` with
-``data:`` URLs; ``file_id`` and remote URLs get a clear 400.
+``data:`` URLs or http(s) URLs, which are fetched SSRF-safe (``retouch.net.fetch``) unless the
+``fetch.image_urls`` setting is off; ``file_id`` gets a clear 400. Errors about a URL name
+``images[N].image_url`` (or ``mask.image_url``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,8 +25,9 @@ import orjson
 import pybase64
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from retouch.config import Limits
+from retouch.config import FetchSettings, Limits
 from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
+from retouch.net.fetch import ByteBudget, Fetcher, FetchFailed, FetchPolicy
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import ALLOWED_FIELDS
 
@@ -245,7 +249,8 @@ async def read_multipart(
     return builder.finish()
 
 
-async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
+async def read_body(chunks: AsyncIterator[bytes], limits: Limits) -> bytes:
+    """A JSON body, capped while it streams in."""
     body = bytearray()
     async for chunk in chunks:
         body += chunk
@@ -253,6 +258,44 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
+    return bytes(body)
+
+
+@dataclass(frozen=True)
+class UrlInputs:
+    """How http(s) ``image_url`` values are fetched; ``None`` in their place turns them off."""
+
+    fetcher: Fetcher
+    fetch: FetchSettings
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """An ``image_url`` still to be fetched."""
+
+    param: str
+    url: str
+    cap: int
+
+
+async def parse_json(body: bytes, limits: Limits, urls: UrlInputs | None) -> EditForm:
+    """OpenAI's JSON edit body -> ``EditForm``. Parsing and base64 decoding (megabytes of data
+    URLs) run in a thread, off the event loop; http(s) URLs are then fetched concurrently,
+    SSRF-safe, each within its file cap and all together within what is left of the
+    request's byte budget."""
+    form, remote = await asyncio.to_thread(_parse_json, body, limits, urls is not None)
+    if remote:
+        assert urls is not None
+        budget = ByteBudget(limits.max_body_bytes - len(body))
+        uploads = await _fetch_all(remote, urls, budget, limits.max_body_bytes)
+        by_param = {u.param: u for u in uploads}
+        form.images = [by_param.get(u.param, u) for u in form.images]
+        if form.mask is not None:
+            form.mask = by_param.get(form.mask.param, form.mask)
+    return form
+
+
+def _parse_json(body: bytes, limits: Limits, fetch_urls: bool) -> tuple[EditForm, list[_Remote]]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -262,6 +305,7 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
     if not isinstance(doc, dict):
         raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
     form = EditForm(json_body=True)
+    remote: list[_Remote] = []
     images = doc.pop("images", None)
     if "image" in doc:
         raise InvalidValue(
@@ -279,11 +323,12 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
                 code="too_many_images",
             )
         form.images = [
-            _image_ref(ref, f"images[{i}]", limits.max_image_bytes) for i, ref in enumerate(images)
+            _image_ref(ref, f"images[{i}]", limits.max_image_bytes, fetch_urls, remote)
+            for i, ref in enumerate(images)
         ]
     mask = doc.pop("mask", None)
     if mask is not None:
-        form.mask = _image_ref(mask, "mask", limits.max_mask_bytes)
+        form.mask = _image_ref(mask, "mask", limits.max_mask_bytes, fetch_urls, remote)
     for key, value in doc.items():
         if value is None:
             continue
@@ -301,16 +346,18 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
                 param=key,
                 code="invalid_type",
             )
-    return form
+    return form, remote
 
 
-def _image_ref(ref: object, param: str, cap: int) -> Upload:
+def _image_ref(
+    ref: object, param: str, cap: int, fetch_urls: bool, remote: list[_Remote]
+) -> Upload:
     if not isinstance(ref, dict):
         raise InvalidValue(f"Invalid '{param}': expected an object.", param=param)
     if "file_id" in ref:
         raise InvalidValue(
             f"Invalid '{param}': file_id references are not supported: retouch has no Files "
-            "API. Send the image inline as a data URL in 'image_url'.",
+            "API. Send the image in 'image_url' (a data URL or an http(s) URL).",
             param=param,
             code="unsupported_file_id",
         )
@@ -319,18 +366,26 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
         raise InvalidValue(
             f"Invalid '{param}': expected exactly one of 'image_url' or 'file_id'.", param=param
         )
+    where = f"{param}.image_url"
     if not url.startswith("data:"):
-        raise InvalidValue(
-            f"Invalid '{param}.image_url': only data: URLs (base64) are accepted; retouch does "
-            "not fetch remote URLs.",
-            param=param,
-            code="unsupported_image_url",
-        )
+        if not fetch_urls:
+            raise InvalidValue(
+                f"Invalid '{where}': only data: URLs (base64) are accepted; this server does "
+                "not fetch remote URLs.",
+                param=where,
+                code="unsupported_image_url",
+            )
+        if not url.lower().startswith(("http://", "https://")):
+            raise InvalidValue(
+                f"Invalid '{where}': expected a data: URL or an http(s) URL.",
+                param=where,
+                code="invalid_image_url",
+            )
+        remote.append(_Remote(param, url, cap))
+        return Upload(param, "", None, b"")  # filled in once fetched
     header, _, payload = url.partition(",")
     if ";base64" not in header:
-        raise InvalidValue(
-            f"Invalid '{param}.image_url': expected a base64 data URL.", param=param
-        )
+        raise InvalidValue(f"Invalid '{where}': expected a base64 data URL.", param=where)
     if len(payload) * 3 // 4 > cap:
         raise PayloadTooLarge(
             f"Invalid '{param}': it is larger than the {cap:,} bytes allowed.",
@@ -340,6 +395,47 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
     try:
         data = pybase64.b64decode(payload, validate=True)
     except ValueError:
-        raise InvalidValue(f"Invalid '{param}.image_url': bad base64 data.", param=param) from None
+        raise InvalidValue(f"Invalid '{where}': bad base64 data.", param=where) from None
     content_type = header[5:].split(";", 1)[0] or None
     return Upload(param, "", content_type, data)
+
+
+async def _fetch_all(
+    remote: list[_Remote], urls: UrlInputs, budget: ByteBudget, limit: int
+) -> list[Upload]:
+    tasks = [asyncio.ensure_future(_fetch(r, urls, budget, limit)) for r in remote]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:  # the first failure decides; the other downloads stop
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _fetch(ref: _Remote, urls: UrlInputs, budget: ByteBudget, limit: int) -> Upload:
+    policy = FetchPolicy.from_settings(urls.fetch, max_bytes=ref.cap)
+    where = f"{ref.param}.image_url"
+    try:
+        fetched = await urls.fetcher.get(ref.url, policy, budget=budget)
+    except FetchFailed as exc:
+        if exc.kind == "too_large":
+            raise PayloadTooLarge(
+                f"Invalid '{where}': the image is larger than the {ref.cap:,} bytes allowed.",
+                param=where,
+                code="file_too_large",
+            ) from None
+        if exc.kind == "over_budget":
+            raise PayloadTooLarge(
+                f"Invalid '{where}': the request and its fetched images are larger than the "
+                f"{limit:,} bytes allowed together.",
+                param=where,
+                code="request_too_large",
+            ) from None
+        code = "image_url_timeout" if exc.kind == "timeout" else "invalid_image_url"
+        raise InvalidValue(
+            f"Invalid '{where}': the image could not be fetched: {exc.message}.",
+            param=where,
+            code=code,
+        ) from None
+    content_type = (fetched.content_type or "").split(";", 1)[0].strip() or None
+    return Upload(ref.param, "", content_type, fetched.data)

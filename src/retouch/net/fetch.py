@@ -33,6 +33,8 @@ from typing import Literal
 
 import httpx
 
+from retouch.config import FetchSettings
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Origin = tuple[str, str, int]
@@ -72,6 +74,14 @@ class FetchPolicy:
     """Non-public networks that may be fetched anyway (an internal image host)."""
     allow_origins: frozenset[Origin] = frozenset()
     """(scheme, host, port) whose addresses are not checked (a relay's own upstream)."""
+
+    @classmethod
+    def from_settings(cls, fetch: FetchSettings, *, max_bytes: int) -> FetchPolicy:
+        return cls(
+            max_bytes=max_bytes, timeout_s=fetch.timeout_s,
+            connect_timeout_s=fetch.connect_timeout_s, max_redirects=fetch.max_redirects,
+            allow_networks=tuple(ipaddress.ip_network(n, strict=False) for n in fetch.allow_networks),
+        )  # fmt: skip
 
     def allowing_origin_of(self, url: str) -> FetchPolicy:
         return replace(self, allow_origins=self.allow_origins | {origin_of(httpx.URL(url))})
