@@ -10,17 +10,21 @@ from typing import Any
 import click
 
 from retouch import __version__
-from retouch.config import ModelSettings, Settings, load_settings
+from retouch.config import ModelSettings, Settings, UpstreamSettings, load_settings
 from retouch.engine.types import Engine, EngineLoadError
 
 
 def parse_model_flag(value: str) -> ModelSettings:
-    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``."""
+    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``,
+    or ``NAME=upstream:BASE_URL`` for a relay (more relay options in the TOML file)."""
     name, sep, rest = value.partition("=")
     engine, _, weights = rest.partition(":")
     if not sep or not name or not engine:
         raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
     try:
+        if engine == "upstream":
+            upstream = UpstreamSettings(base_url=weights)
+            return ModelSettings(name=name, engine="upstream", upstream=upstream)
         return ModelSettings(name=name, engine=engine, weights=weights or None)
     except Exception as exc:
         raise click.BadParameter(str(exc)) from None
@@ -83,7 +87,9 @@ def serve(
     engines = load_engines(settings)
     app = build_app(settings, engines=engines, gate_factory=database_gate)
     served = ", ".join(
-        f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
+        f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''}"
+        f"{': ' + m.upstream.base_url if m.upstream else ''})"
+        for m in settings.models
     )
     default = settings.default_model or settings.models[0].name
     click.echo(
@@ -103,6 +109,8 @@ def load_engines(settings: Settings) -> dict[str, Engine]:
 
     engines: dict[str, Engine] = {}
     for model in settings.models:
+        if model.engine == "upstream":  # a relay: nothing to load (see retouch.upstream)
+            continue
         try:
             engine = build_engine(model)
             engine.load()
@@ -131,7 +139,7 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
     configured = {n: m for m in settings.models for n in (m.name, *m.aliases)}
     if name in configured:
         model = configured[name]
-        if model.engine in ("classic", "echo"):
+        if model.engine in ("classic", "echo", "upstream"):
             raise click.ClickException(f"model {name!r} ({model.engine}) has no weights to pull")
         try:
             weights = weights_id(model)

@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 ApiFamily = Literal["dall-e-2", "gpt-image", "gpt-image-2", "native"]
-EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint"]
+EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "upstream"]
 
 OPENAI_IMAGE_MODELS: dict[str, ApiFamily] = {
     "dall-e-2": "dall-e-2",
@@ -148,6 +148,50 @@ class AccountSettings(_Group):
     )
 
 
+class UpstreamSettings(_Group):
+    """A relay to an OpenAI-compatible server (``engine = "upstream"``): see docs/gateway.md."""
+
+    base_url: str = Field(
+        description="The upstream API root, e.g. https://api.openai.com/v1 or "
+        "http://10.0.0.5:8000/v1 (another retouch)."
+    )
+    model: str | None = Field(
+        None, description="Model name sent upstream; default: the name the client sent."
+    )
+    api_key_env: str = Field(
+        "RETOUCH_UPSTREAM_API_KEY",
+        description="Environment variable holding the upstream API key (unset: no key sent).",
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Read timeout per upstream request (OpenAI's SDK uses 600 s)."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Connect timeout to the upstream.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of requests the upstream never processed (connect failures, 429 "
+        "rate limits, 503), with backoff and its Retry-After.",
+    )
+    max_retry_after_s: float = Field(
+        10.0, ge=0, description="Longest upstream Retry-After waited for; longer ones pass on."
+    )
+    concurrency: int = Field(16, ge=1, description="Requests relayed at once.")
+    max_response_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest upstream response body accepted."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent upstream (e.g. OpenAI-Project)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"upstream base_url must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+
 class ModelSettings(_Group):
     """One served model: an engine, its weights, and the request names it answers to."""
 
@@ -171,6 +215,22 @@ class ModelSettings(_Group):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine-specific options (steps, compile, ...)."
     )
+    upstream: UpstreamSettings | None = Field(
+        None, description="Where an ``upstream`` model relays to (see UpstreamSettings)."
+    )
+    overflow: list[str] = Field(
+        default_factory=list,
+        description="Other configured models to send requests to, in order, when this one's "
+        "queue is full (e.g. a local engine overflowing to an upstream relay).",
+    )
+
+    @model_validator(mode="after")
+    def _upstream_configured(self) -> ModelSettings:
+        if (self.engine == "upstream") != (self.upstream is not None):
+            raise ValueError(
+                f"model {self.name!r}: engine 'upstream' and an [upstream] table go together"
+            )
+        return self
 
 
 def default_models() -> list[ModelSettings]:
@@ -243,6 +303,18 @@ class Settings(BaseSettings):
                     raise ValueError(f"model name {name!r} is configured twice")
                 seen.add(name)
         return models
+
+    @model_validator(mode="after")
+    def _overflow_exists(self) -> Settings:
+        names = {m.name for m in self.models}
+        for m in self.models:
+            for target in m.overflow:
+                if target not in names or target == m.name:
+                    raise ValueError(
+                        f"model {m.name!r}: overflow target {target!r} is not another "
+                        "configured model"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _default_exists(self) -> Settings:

@@ -96,3 +96,51 @@ class ImageHost:
 
     async def status(self, request: Request) -> Response:
         return Response(b"nope", status_code=request.path_params["code"])
+
+
+class FakeUpstream:
+    """An OpenAI-compatible ``POST /v1/images/edits`` that answers from ``plan`` (one entry per
+    request; the last one repeats) and keeps what it received. An entry is
+    ``(status, headers, body)``, or ``"hang"`` (never answers), or ``"drop"`` (closes the
+    connection without an answer)."""
+
+    def __init__(self) -> None:
+        self.plan: list[Any] = []
+        self.received: list[dict[str, Any]] = []
+        self.app = Starlette(routes=[
+            Route("/v1/images/edits", self.edit, methods=["POST"]),
+            Route("/files/redirect", self.redirect),
+        ])  # fmt: skip
+
+    async def redirect(self, request: Request) -> Response:
+        return Response(status_code=302, headers={"location": request.query_params["to"]})
+
+    def answer(self, *entries: Any) -> None:
+        self.plan = list(entries)
+        self.received.clear()
+
+    async def edit(self, request: Request) -> Response:
+        form = await request.form()
+        fields: dict[str, Any] = {}
+        files: list[tuple[str, bytes, str | None]] = []
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                fields[name] = value
+            else:
+                files.append((name, await value.read(), value.content_type))
+        self.received.append(
+            {"fields": fields, "files": files, "headers": dict(request.headers)}
+        )
+        entry = self.plan.pop(0) if len(self.plan) > 1 else self.plan[0]
+        if entry == "hang":
+            await asyncio.sleep(60)
+        if entry == "drop":
+            raise ConnectionResetError("dropped")  # uvicorn answers 500 on its own
+        status, headers, body = entry
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    import json
+
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()

@@ -51,6 +51,7 @@ from retouch.service.models import ModelRoutes
 from retouch.service.tokens import load_tokenizer
 from retouch.storage.local import LocalBlobStore
 from retouch.storage.signing import UrlSigner
+from retouch.upstream import UpstreamBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +68,7 @@ class Services:
     store: LocalBlobStore
     signer: UrlSigner
     fetcher: Fetcher
+    relays: dict[str, UpstreamBackend]
 
 
 async def open_gate(settings: Settings) -> Gate:
@@ -94,6 +96,8 @@ def build_app(
             sweeper.cancel()
             for worker in services.workers.values():
                 worker.close()
+            for relay in services.relays.values():
+                await relay.aclose()
             services.edits.close()
             await services.gate.close()
 
@@ -120,7 +124,13 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
     routes = ModelRoutes(settings)
     await asyncio.to_thread(load_tokenizer)
     workers: dict[str, EngineWorker] = {}
+    relays: dict[str, UpstreamBackend] = {}
     for model in settings.models:
+        if model.upstream is not None:  # a relay: a backend without an engine
+            relays[model.name] = UpstreamBackend(
+                model.name, model.upstream, max_queue=settings.queue.max_queue
+            )
+            continue
         engine = overrides.get(model.name)
         if engine is None:  # engines handed in were loaded by whoever built them
             engine = build_engine(model)
@@ -131,8 +141,9 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
     gate = await gate_factory(settings)
     store = LocalBlobStore(settings.data_dir / "blobs")
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
-    edits = EditService(settings, routes, workers, gate, store, signer)
-    return Services(settings, routes, workers, edits, gate, store, signer, Fetcher())
+    fetcher = Fetcher()
+    edits = EditService(settings, routes, workers, gate, store, signer, relays=relays, fetcher=fetcher)
+    return Services(settings, routes, workers, edits, gate, store, signer, fetcher, relays)
 
 
 async def _sweep_blobs(services: Services) -> None:
@@ -336,10 +347,11 @@ async def readyz(request: Request) -> Response:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return Response(b'{"status":"starting"}', status_code=503, media_type="application/json")
-    saturated = [name for name, w in services.workers.items() if w.saturated]
+    backends: dict[str, EngineWorker | UpstreamBackend] = {**services.workers, **services.relays}
+    saturated = [name for name, w in backends.items() if w.saturated]
     models = {
         name: {"running": w.running, "waiting": max(0, w.admitted - w.running), "capacity": w.capacity}
-        for name, w in services.workers.items()
+        for name, w in backends.items()
     }
     status = 503 if saturated else 200
     body = {"status": "saturated" if saturated else "ready", "models": models}

@@ -19,7 +19,7 @@ import orjson
 import pybase64
 
 from retouch.accounting.gate import Gate, Principal, UsageRecord
-from retouch.config import Settings
+from retouch.config import ModelSettings, Settings
 from retouch.engine.types import EditJob, EditOutput, Pixels
 from retouch.errors import (
     InvalidImage,
@@ -29,13 +29,16 @@ from retouch.errors import (
 )
 from retouch.imaging import decode
 from retouch.imaging.encode import CONTENT_TYPES, encode, fit, flatten
+from retouch.net.fetch import Fetcher
 from retouch.scheduler import EngineWorker
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, resolve_size, to_edit_params
+from retouch.service.relay import PreparedRelay, RelayService
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
+from retouch.upstream import UpstreamBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,26 +67,48 @@ class EditService:
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
+        *,
+        relays: dict[str, UpstreamBackend] | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.settings = settings
         self.routes = routes
         self.workers = workers
+        self.relays = relays or {}
         self.gate = gate
         self.store = store
         self.signer = signer
         threads = settings.queue.imaging_threads or None
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imaging")
+        self.relay = RelayService(settings, gate, store, signer, fetcher or Fetcher(), self._off_loop)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # -- validation and decoding -------------------------------------------------------------
 
+    def _backend(self, name: str) -> EngineWorker | UpstreamBackend:
+        return self.relays.get(name) or self.workers[name]
+
+    def _route_to(self, model: ModelSettings) -> EngineWorker | UpstreamBackend:
+        """The model's own backend, or the first of its ``overflow`` models with room; when
+        all are full, the model's own (which answers 429)."""
+        first = self._backend(model.name)
+        if not first.saturated:
+            return first
+        for name in model.overflow:
+            backend = self._backend(name)
+            if not backend.saturated:
+                log.info("model %s is full; overflowing to %s", model.name, name)
+                return backend
+        return first
+
     async def prepare(
         self, form: EditForm, principal: Principal, request_id: str
-    ) -> tuple[PreparedEdit, dict[str, str]]:
+    ) -> tuple[PreparedEdit | PreparedRelay, dict[str, str]]:
         """Validate, admit and decode. Returns the prepared edit and rate-limit headers."""
         route = self.routes.resolve(form.fields.get("model"))
+        backend = self._route_to(route.model)
         allow_url = route.family == "dall-e-2" or self.settings.storage.allow_url_for_gpt_models
         params = to_edit_params(
             form,
@@ -92,8 +117,11 @@ class EditService:
             family=route.family,
             limits=self.settings.limits,
             allow_url=allow_url,
+            relay=isinstance(backend, UpstreamBackend),
         )
-        worker = self.workers[route.model.name]
+        if isinstance(backend, UpstreamBackend):
+            return await self.relay.prepare(form, params, backend, principal, request_id)
+        worker = backend
         self._check_capabilities(params, form, worker)
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
@@ -251,8 +279,11 @@ class EditService:
         )
         await self._write_record(record)
 
-    async def settle(self, p: PreparedEdit, status: int) -> None:
+    async def settle(self, p: PreparedEdit | PreparedRelay, status: int) -> None:
         """Record a prepared edit that is refused before it runs."""
+        if isinstance(p, PreparedRelay):
+            await self.relay.settle(p, status)
+            return
         await self._record(p, status, None, 0)
 
     async def _write_record(self, record: UsageRecord) -> None:
@@ -263,9 +294,11 @@ class EditService:
 
     # -- non-streaming --------------------------------------------------------------------------
 
-    async def respond(self, p: PreparedEdit, base_url: str) -> list[bytes]:
+    async def respond(self, p: PreparedEdit | PreparedRelay, base_url: str) -> list[bytes]:
         """Run the edit and return the ``ImagesResponse`` JSON body, in pieces (joining
         megabytes of base64 into one buffer costs more than sending the pieces)."""
+        if isinstance(p, PreparedRelay):
+            return await self.relay.respond(p, base_url)
         status, usage, produced = 499, None, 0
         try:
             output = await p.worker.run(p.job, deadline=p.deadline)
@@ -323,7 +356,13 @@ class EditService:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def stream(self, p: PreparedEdit) -> AsyncIterator[bytes]:
+    def stream(self, p: PreparedEdit | PreparedRelay) -> AsyncIterator[bytes]:
+        """SSE frames (a relay's come from its upstream)."""
+        if isinstance(p, PreparedRelay):
+            return self.relay.stream(p)
+        return self._stream(p)
+
+    async def _stream(self, p: PreparedEdit) -> AsyncIterator[bytes]:
         """SSE frames: partial images as the engine publishes them, then one completed event
         per output image. Errors after the first byte become a final ``error`` event."""
         queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()

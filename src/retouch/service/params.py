@@ -171,11 +171,15 @@ def gpt_image_2_size_problems(w: int, h: int) -> list[str]:
     return problems
 
 
-def check_fields(form: EditForm, family: ApiFamily, *, allow_url: bool = False) -> None:
+def check_fields(
+    form: EditForm, family: ApiFamily, *, allow_url: bool = False, relay: bool = False
+) -> None:
     """Unknown parameters, and parameters the family does not take, are 400 unknown_parameter.
 
     OpenAI's JSON body variant serves GPT-image models only and has no ``response_format``
-    (unless the operator allows URLs for GPT models, an extension)."""
+    (unless the operator allows URLs for GPT models, an extension). A relay passes on the
+    newest parameters that local engines do not implement (``NOT_IMPLEMENTED``): the
+    upstream may."""
     if form.json_body and family == "dall-e-2":
         raise InvalidValue(
             "Invalid value: 'dall-e-2'. JSON edit bodies support GPT image models only; "
@@ -186,6 +190,8 @@ def check_fields(form: EditForm, family: ApiFamily, *, allow_url: bool = False) 
     for name in form.fields:
         base = name.split("[", 1)[0]
         if base in NOT_IMPLEMENTED:
+            if relay:
+                continue
             raise UnknownParameter(name, NOT_IMPLEMENTED[base])
         if name not in allowed:
             detail = ""
@@ -202,9 +208,10 @@ def to_edit_params(
     family: ApiFamily,
     limits: Limits,
     allow_url: bool,
+    relay: bool = False,
 ) -> EditParams:
     """Validate every text field of ``form`` against ``family`` (files are checked later)."""
-    check_fields(form, family, allow_url=allow_url)
+    check_fields(form, family, allow_url=allow_url, relay=relay)
     fields = form.fields
     prompt = fields.get("prompt")
     if not prompt:

@@ -1,0 +1,407 @@
+"""The relay request path: validate -> admit -> check headers -> forward -> mirror -> respond.
+
+What ``EditService`` does for local engines, for a backend that computes no pixels
+(``retouch.upstream``). Everything around the engine stays the same: retouch's own validation
+(the family's rules), keys, rate limits and quotas (``Gate.admit``), the byte and pixel caps
+(image headers are read, pixels are not decoded), the ledger (the upstream's own ``usage``,
+recorded for the retouch key that made the request) and signed links.
+
+* Faithful relay: the client's text fields go upstream as they came (the model name swapped
+  when the backend names one) with the uploaded bytes; the upstream's JSON body comes back
+  unchanged unless it holds links.
+* Mirrored links: each ``url`` in the upstream's answer is fetched at once (SSRF-safe, the
+  upstream's own origin allowed) into retouch's blob store and replaced by retouch's signed
+  link, which outlives the upstream's.
+* Streams: the upstream is asked before the 200 goes out, so its 4xx/429/5xx keep their
+  status; then its events are relayed as they arrive (``: ping`` while it is silent). A
+  client that leaves closes the upstream connection, which cancels the upstream's work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+
+from retouch.accounting.gate import Gate, Principal, UsageRecord
+from retouch.config import Settings
+from retouch.errors import (
+    InvalidImage,
+    PayloadTooLarge,
+    RetouchError,
+    UpstreamError,
+)
+from retouch.imaging import decode
+from retouch.imaging.encode import CONTENT_TYPES
+from retouch.net.fetch import Fetcher, FetchFailed, FetchPolicy
+from retouch.service.form import EditForm, Upload
+from retouch.service.params import EditParams
+from retouch.storage.base import BlobStore
+from retouch.storage.signing import UrlSigner
+from retouch.upstream import RelayEvent, RelayRequest, Ticket, UpstreamBackend
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+OffLoop = Callable[..., Awaitable[Any]]
+ABANDON_S = 30.0
+"""An opened upstream stream that nobody starts reading within this time is closed (the client
+left between the answer's headers and its first byte)."""
+_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+
+
+class _Admitted:
+    """What the route's pre-stream busy check sees: a relay was admitted in ``prepare``."""
+
+    saturated = False
+
+    def retry_after_s(self) -> float:
+        return 1.0
+
+
+@dataclass
+class PreparedRelay:
+    request_id: str
+    principal: Principal
+    params: EditParams
+    backend: UpstreamBackend
+    ticket: Ticket
+    request: RelayRequest
+    input_images: int
+    deadline: float
+    started: float = field(default_factory=time.monotonic)
+    response: httpx.Response | None = None
+    """The upstream's open streaming response (streams only)."""
+    reading: bool = False
+    watchdog: asyncio.TimerHandle | None = None
+
+    @property
+    def worker(self) -> _Admitted:
+        return _Admitted()
+
+
+@dataclass(frozen=True)
+class _Usage:
+    text_tokens: int = 0
+    image_tokens: int = 0
+    output_tokens: int = 0
+
+
+class RelayService:
+    def __init__(
+        self,
+        settings: Settings,
+        gate: Gate,
+        store: BlobStore,
+        signer: UrlSigner,
+        fetcher: Fetcher,
+        off_loop: OffLoop,
+    ) -> None:
+        self.settings = settings
+        self.gate = gate
+        self.store = store
+        self.signer = signer
+        self.fetcher = fetcher
+        self._off_loop = off_loop
+        self._cleanups: set[asyncio.Task[None]] = set()
+
+    # -- admission ------------------------------------------------------------------------------
+
+    async def prepare(
+        self, form: EditForm, params: EditParams, backend: UpstreamBackend, principal: Principal,
+        request_id: str,
+    ) -> tuple[PreparedRelay, dict[str, str]]:  # fmt: skip
+        headers = await self.gate.admit(
+            principal, model=params.model, images=params.n, served_model=params.served_model
+        )
+        ticket: Ticket | None = None
+        p: PreparedRelay | None = None
+        admitted = time.monotonic()
+        try:
+            await self._off_loop(check_inputs, form, params, self.settings)
+            ticket = backend.admit()
+            deadline = time.monotonic() + self.settings.queue.deadline_s
+            request = relay_request(form, backend, request_id)
+            p = PreparedRelay(
+                request_id, principal, params, backend, ticket, request, len(form.images), deadline
+            )
+            if params.stream:  # ask now: the upstream's refusal keeps its HTTP status
+                await ticket.start(deadline)
+                p.response = await backend.client.open(request)
+                loop = asyncio.get_running_loop()
+                p.watchdog = loop.call_later(ABANDON_S, self._abandon, p)
+            return p, headers
+        except BaseException as exc:
+            if ticket is not None:
+                ticket.release()
+            status = _status_of(exc)
+            await self._write(
+                UsageRecord(
+                    request_id=request_id, key_id=principal.key_id, model=params.model,
+                    status=status, input_images=len(form.images), output_images=0, text_tokens=0,
+                    image_tokens=0, output_tokens=0,
+                    latency_ms=int((time.monotonic() - admitted) * 1000),
+                    user=params.safety_identifier or params.user,
+                )
+            )  # fmt: skip
+            raise
+
+    async def settle(self, p: PreparedRelay, status: int) -> None:
+        await self._close(p)
+        await self._record(p, status, None, 0)
+
+    # -- non-streaming --------------------------------------------------------------------------
+
+    async def respond(self, p: PreparedRelay, base_url: str) -> list[bytes]:
+        status, usage, produced = 499, None, 0
+        try:
+            await p.ticket.start(p.deadline)
+            body = await p.backend.client.post(p.request)
+            doc = await self._off_loop(_load_response, body)
+            data = doc["data"]
+            produced = len(data)
+            usage = _usage_of(doc)
+            if any(isinstance(item.get("url"), str) for item in data):
+                body = await self._mirror(p, doc, base_url)
+            status = 200
+            return [body]
+        except RetouchError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            p.ticket.release()
+            await self._record(p, status, usage, produced if status == 200 else 0)
+
+    async def _mirror(self, p: PreparedRelay, doc: dict[str, Any], base_url: str) -> bytes:
+        policy = FetchPolicy.from_settings(
+            self.settings.fetch, max_bytes=self.settings.limits.max_image_bytes
+        ).allowing_origin_of(p.backend.settings.base_url)
+        items = [item for item in doc["data"] if isinstance(item.get("url"), str)]
+        links = await asyncio.gather(*(self._mirror_one(i["url"], policy, base_url) for i in items))
+        for item, link in zip(items, links, strict=True):
+            item["url"] = link
+        body: bytes = await self._off_loop(orjson.dumps, doc)
+        return body
+
+    async def _mirror_one(self, url: str, policy: FetchPolicy, base_url: str) -> str:
+        try:
+            fetched = await self.fetcher.get(url, policy)
+        except FetchFailed as exc:
+            raise UpstreamError(
+                f"The upstream's image link could not be mirrored: {exc.message}.",
+                code="upstream_mirror_failed",
+            ) from None
+        ext = _FORMATS.get(decode.sniff(fetched.data) or "")
+        if ext is None:  # never serve what we did not check (HTML, SVG, ...)
+            raise UpstreamError(
+                "The upstream's image link did not hold a PNG, JPEG or WebP image.",
+                code="upstream_mirror_failed",
+            )
+        link: str = await self._off_loop(self._store, fetched.data, ext, base_url)
+        return link
+
+    def _store(self, data: bytes, ext: str, base_url: str) -> str:
+        expires = int(time.time()) + self.settings.storage.url_ttl_s
+        key = self.store.put(data, content_type=CONTENT_TYPES[ext], extension=ext, expires_at=expires)
+        base = (self.settings.storage.public_base_url or base_url).rstrip("/")
+        return f"{base}/v1/blobs/{key}?expires={expires}&sig={self.signer.sign(key, expires)}"
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def stream(self, p: PreparedRelay) -> AsyncIterator[bytes]:
+        """The upstream's SSE frames as they arrive; usage from its ``*.completed`` events."""
+        from retouch.service.edits import error_event  # one error-frame shape for all streams
+
+        p.reading = True
+        if p.watchdog is not None:
+            p.watchdog.cancel()
+        assert p.response is not None
+        events = p.backend.client.events(p.response)
+        pending: asyncio.Future[RelayEvent | None] | None = None
+        status, usage, produced, failed = 499, None, 0, False
+        keepalive = self.settings.queue.keepalive_s
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(events, None))
+                done, _ = await asyncio.wait({pending}, timeout=keepalive)
+                if not done:
+                    yield b": ping\n\n"
+                    continue
+                event, pending = pending.result(), None
+                if event is None:
+                    break
+                if event.event.endswith(".completed"):
+                    produced += 1
+                    usage = await self._off_loop(_usage_of_event, event.data) or usage
+                elif event.event == "error":
+                    failed = True
+                yield event.frame
+            if not produced and not failed:
+                raise UpstreamError("The upstream ended the stream without an image.")
+            status = 502 if failed else 200
+        except RetouchError as exc:
+            status = exc.status
+            yield error_event(exc.error_object())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("relay stream %s failed", p.request_id)
+            status = 500
+            yield error_event(
+                {"message": "The server failed while relaying the stream.", "type": "server_error",
+                 "param": None, "code": "internal_error"}
+            )  # fmt: skip
+        finally:
+            if pending is not None:
+                pending.cancel()
+            # Starlette cancels a stream whose client left through an anyio cancel scope,
+            # which cancels every await in here again: the clean-up runs as its own task.
+            cleanup = asyncio.ensure_future(
+                self._finish_stream(p, events, pending, status, usage, produced)
+            )
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+            await asyncio.shield(cleanup)
+
+    async def _finish_stream(
+        self, p: PreparedRelay, events: AsyncGenerator[RelayEvent, None],
+        pending: asyncio.Future[RelayEvent | None] | None, status: int, usage: _Usage | None,
+        produced: int,
+    ) -> None:  # fmt: skip
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
+        await events.aclose()
+        await self._close(p)
+        await self._record(p, status, usage, produced if status == 200 else 0)
+
+    def _abandon(self, p: PreparedRelay) -> None:
+        if p.reading:
+            return
+        log.info("relay stream %s was never read; closing it", p.request_id)
+        task = asyncio.ensure_future(self.settle(p, 499))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _close(self, p: PreparedRelay) -> None:
+        if p.watchdog is not None:
+            p.watchdog.cancel()
+        if p.response is not None:
+            await asyncio.shield(p.response.aclose())
+        p.ticket.release()
+
+    # -- ledger ---------------------------------------------------------------------------------
+
+    async def _record(
+        self, p: PreparedRelay, status: int, usage: _Usage | None, images: int
+    ) -> None:
+        u = usage or _Usage()
+        await self._write(
+            UsageRecord(
+                request_id=p.request_id, key_id=p.principal.key_id, model=p.params.model,
+                status=status, input_images=p.input_images, output_images=images,
+                text_tokens=u.text_tokens, image_tokens=u.image_tokens,
+                output_tokens=u.output_tokens,
+                latency_ms=int((time.monotonic() - p.started) * 1000),
+                user=p.params.safety_identifier or p.params.user,
+            )
+        )  # fmt: skip
+
+    async def _write(self, record: UsageRecord) -> None:
+        try:
+            await asyncio.shield(self.gate.record(record))
+        except Exception:  # the ledger must never turn a served edit into an error
+            log.exception("could not record usage for %s", record.request_id)
+
+
+def relay_request(form: EditForm, backend: UpstreamBackend, request_id: str) -> RelayRequest:
+    """The client's fields and files as the upstream will get them (multipart, which every
+    OpenAI-compatible server takes; the SDK's spellings ``image`` / ``image[]``)."""
+    fields = dict(form.fields)
+    if backend.settings.model is not None:
+        fields["model"] = backend.settings.model
+    name = "image" if len(form.images) == 1 else "image[]"
+    files: list[tuple[str, Upload]] = [(name, u) for u in form.images]
+    if form.mask is not None:
+        files.append(("mask", form.mask))
+    return RelayRequest("/images/edits", fields, tuple(files), request_id)
+
+
+def check_inputs(form: EditForm, params: EditParams, settings: Settings) -> None:
+    """The same byte-cheap checks as for local engines, from image headers only: formats,
+    per-image and per-request pixel caps, dall-e-2's square PNG. Pixels are not decoded."""
+    limits = settings.limits
+    dalle = params.family == "dall-e-2"
+    opened = [
+        decode.open_upload(u, max_pixels=limits.max_image_pixels, png_only=dalle)
+        for u in form.images
+    ]
+    if form.mask is not None:
+        decode.open_upload(form.mask, max_pixels=limits.max_image_pixels, png_only=True)
+    total = sum(o.width * o.height for o in opened)
+    if total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"The input images have {total:,} pixels together; at most "
+            f"{limits.max_request_pixels:,} are allowed per request.",
+            param="image",
+            code="image_too_large",
+        )
+    first = opened[0]
+    if dalle and first.width != first.height:
+        raise InvalidImage(
+            f"Invalid file '{first.upload.param}': dall-e-2 needs a square image, got "
+            f"{first.width}x{first.height}.",
+            param=first.upload.param,
+        )
+
+
+def _load_response(body: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise UpstreamError("The upstream's answer is not an ImagesResponse.")
+    if not all(isinstance(item, dict) for item in doc["data"]):
+        raise UpstreamError("The upstream's answer is not an ImagesResponse.")
+    return doc
+
+
+def _usage_of(doc: dict[str, Any]) -> _Usage | None:
+    usage = doc.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    details = usage.get("input_tokens_details")
+    details = details if isinstance(details, dict) else {}
+    try:
+        text = int(details.get("text_tokens", 0))
+        image = int(details.get("image_tokens", 0))
+        if not details:
+            text = int(usage.get("input_tokens", 0))
+        return _Usage(text, image, int(usage.get("output_tokens", 0)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _usage_of_event(data: bytes) -> _Usage | None:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return _usage_of(doc) if isinstance(doc, dict) else None
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, RetouchError):
+        return exc.status
+    return 499 if isinstance(exc, asyncio.CancelledError) else 500
