@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from retouch.service.form import Upload
 log = logging.getLogger(__name__)
 _RETRY_HINTS = ("retry-after", "retry-after-ms", "x-should-retry")
 _ERROR_BODY_CAP = 64 * 1024
+_TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,64})"')
 
 
 @dataclass(frozen=True)
@@ -293,4 +295,8 @@ def _event(raw: bytes) -> RelayEvent:
             name = value.decode("utf-8", "replace")
         elif field == b"data":
             data.append(value)
-    return RelayEvent(name, raw, b"\n".join(data))
+    joined = b"\n".join(data)
+    if not name and joined:  # servers that send only data: lines name the event in "type"
+        match = _TYPE.search(joined, 0, 512)
+        name = match[1].decode("ascii", "replace") if match else ""
+    return RelayEvent(name, raw, joined)
