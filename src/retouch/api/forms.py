@@ -20,14 +20,22 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pybase64
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from retouch.config import FetchSettings, Limits
-from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
+from retouch.errors import (
+    InvalidRequest,
+    InvalidValue,
+    PayloadTooLarge,
+    RetouchError,
+    UnknownParameter,
+)
 from retouch.net.fetch import ByteBudget, Fetcher, FetchFailed, FetchPolicy
+from retouch.service.admission import Admission
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import ALLOWED_FIELDS
 
@@ -55,8 +63,9 @@ class _Part:
 class _FormBuilder:
     """Collects parts; enforces per-part, count and total caps as bytes arrive."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, admission: Admission | None = None) -> None:
         self.limits = limits
+        self.admission = admission
         self.form = EditForm()
         self.part = _Part()
         self.files = 0
@@ -87,7 +96,13 @@ class _FormBuilder:
         self.part.header_field.clear()
         self.part.header_value.clear()
 
+    @property
+    def refused(self) -> bool:
+        return self.admission is not None and self.admission.refusal is not None
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.refused:  # the rest of the body is read and dropped
+            return
         part = self.part
         part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
         part.size += end - start
@@ -119,10 +134,22 @@ class _FormBuilder:
         part = self.part
         data = b"".join(part.chunks)
         part.chunks.clear()
+        if self.refused:
+            return
         if part.filename is None:
             self._text(part, data)
+            if part.name == "model" and self.admission is not None:
+                self._admit(self.form.fields.get("model"))
         else:
             self._file(part, data)
+
+    def _admit(self, model: str | None) -> None:
+        """Take the queue ticket as soon as the model is known (before the files, usually)."""
+        assert self.admission is not None
+        try:
+            self.admission.on_model(model)
+        except RetouchError as exc:
+            self.admission.refusal = exc
 
     # --------------------------------------------------------------------------------------
     def _text(self, part: _Part, data: bytes) -> None:
@@ -211,13 +238,19 @@ class _FormBuilder:
 
 
 async def read_multipart(
-    chunks: AsyncIterator[bytes], content_type: str, limits: Limits
+    chunks: AsyncIterator[bytes],
+    content_type: str,
+    limits: Limits,
+    admission: Admission | None = None,
 ) -> EditForm:
+    """Parse the body as it streams in. With an ``admission``, the request's queue ticket is
+    taken when the ``model`` field arrives and buffered bytes count against the upload budget;
+    a refusal (429, 400, 503) is raised once the body is in, its remaining bytes dropped."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidRequest("multipart/form-data without a boundary.")
-    builder = _FormBuilder(limits)
+    builder = _FormBuilder(limits, admission)
     callbacks = {
         name: getattr(builder, name)
         for name in (
@@ -236,6 +269,11 @@ async def read_multipart(
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
         try:
             parser.write(chunk)
         except (InvalidRequest, PayloadTooLarge):
@@ -246,18 +284,34 @@ async def read_multipart(
         parser.finalize()
     except Exception:
         raise InvalidRequest("The multipart body is malformed or truncated.") from None
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     return builder.finish()
 
 
-async def read_body(chunks: AsyncIterator[bytes], limits: Limits) -> bytes:
-    """A JSON body, capped while it streams in."""
+async def read_body(
+    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
+) -> bytes:
+    """A JSON body, capped while it streams in; with an ``admission``, its bytes count
+    against the upload budget (a refusal is raised once the body is in, its bytes dropped)."""
     body = bytearray()
+    received = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) > limits.max_body_bytes:
+        received += len(chunk)
+        if received > limits.max_body_bytes:
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
+                body.clear()
+        if admission is None or admission.refusal is None:
+            body += chunk
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     return bytes(body)
 
 
@@ -278,16 +332,25 @@ class _Remote:
     cap: int
 
 
-async def parse_json(body: bytes, limits: Limits, urls: UrlInputs | None) -> EditForm:
+async def parse_json(
+    body: bytes, limits: Limits, admission: Admission | None, urls: UrlInputs | None
+) -> EditForm:
     """OpenAI's JSON edit body -> ``EditForm``. Parsing and base64 decoding (megabytes of data
-    URLs) run in a thread, off the event loop; http(s) URLs are then fetched concurrently,
-    SSRF-safe, each within its file cap and all together within what is left of the
-    request's byte budget."""
-    form, remote = await asyncio.to_thread(_parse_json, body, limits, urls is not None)
+    URLs) run in a thread, off the event loop, and the queue ticket is taken in between, before
+    any image is decoded; http(s) URLs are then fetched concurrently, SSRF-safe, each within
+    its file cap and all together within what is left of the request's byte budget (and the
+    server's upload budget)."""
+    doc = await asyncio.to_thread(_load_json, body)
+    model = doc.get("model")
+    if admission is not None and (model is None or isinstance(model, str)):
+        admission.on_model(model or None)
+    form, remote = await asyncio.to_thread(_parse_json, doc, limits, urls is not None)
     if remote:
         assert urls is not None
         budget = ByteBudget(limits.max_body_bytes - len(body))
         uploads = await _fetch_all(remote, urls, budget, limits.max_body_bytes)
+        if admission is not None:
+            admission.take_bytes(sum(len(u.data) for u in uploads))
         by_param = {u.param: u for u in uploads}
         form.images = [by_param.get(u.param, u) for u in form.images]
         if form.mask is not None:
@@ -295,7 +358,7 @@ async def parse_json(body: bytes, limits: Limits, urls: UrlInputs | None) -> Edi
     return form
 
 
-def _parse_json(body: bytes, limits: Limits, fetch_urls: bool) -> tuple[EditForm, list[_Remote]]:
+def _load_json(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -304,6 +367,12 @@ def _parse_json(body: bytes, limits: Limits, fetch_urls: bool) -> tuple[EditForm
         ) from None
     if not isinstance(doc, dict):
         raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    return doc
+
+
+def _parse_json(
+    doc: dict[str, Any], limits: Limits, fetch_urls: bool
+) -> tuple[EditForm, list[_Remote]]:
     form = EditForm(json_body=True)
     remote: list[_Remote] = []
     images = doc.pop("images", None)

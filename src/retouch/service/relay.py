@@ -15,16 +15,19 @@ recorded for the retouch key that made the request) and signed links.
 * Streams: the upstream is asked before the 200 goes out, so its 4xx/429/5xx keep their
   status; then its events are relayed as they arrive (``: ping`` while it is silent). A
   client that leaves closes the upstream connection, which cancels the upstream's work.
+* The queue ticket comes from the same admission as for local engines (``service.admission``,
+  which also does overflow); the upstream ``slot`` is held while a request is in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -40,28 +43,33 @@ from retouch.errors import (
 from retouch.imaging import decode
 from retouch.imaging.encode import CONTENT_TYPES
 from retouch.net.fetch import Fetcher, FetchFailed, FetchPolicy
+from retouch.protocol import ErrorEvent, ErrorObject
+from retouch.scheduler.base import Ticket
+from retouch.scheduler.upstream import UpstreamBackend
+from retouch.service.admission import Admission
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import EditParams
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
-from retouch.upstream import RelayEvent, RelayRequest, Ticket, UpstreamBackend
+from retouch.upstream import RelayEvent, RelayRequest
+
+if TYPE_CHECKING:
+    from retouch.service.edits import StreamItem
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 OffLoop = Callable[..., Awaitable[Any]]
-ABANDON_S = 30.0
-"""An opened upstream stream that nobody starts reading within this time is closed (the client
-left between the answer's headers and its first byte)."""
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+_INTERNAL = ErrorObject(
+    message="The server failed while relaying the stream.", type="server_error", param=None,
+    code="internal_error",
+)  # fmt: skip
 
 
-class _Admitted:
-    """What the route's pre-stream busy check sees: a relay was admitted in ``prepare``."""
+@dataclass(frozen=True)
+class RelayedBody:
+    """An upstream's ``ImagesResponse`` body, to be sent as it is (links already mirrored)."""
 
-    saturated = False
-
-    def retry_after_s(self) -> float:
-        return 1.0
+    body: bytes
 
 
 @dataclass
@@ -74,15 +82,14 @@ class PreparedRelay:
     request: RelayRequest
     input_images: int
     deadline: float
+    headers: dict[str, str]
+    """The key's ``x-ratelimit-*`` headers as of admission."""
     started: float = field(default_factory=time.monotonic)
     response: httpx.Response | None = None
     """The upstream's open streaming response (streams only)."""
-    reading: bool = False
-    watchdog: asyncio.TimerHandle | None = None
-
-    @property
-    def worker(self) -> _Admitted:
-        return _Admitted()
+    held: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    """The upstream slot a stream holds until it ends."""
+    recorded: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,55 +120,59 @@ class RelayService:
     # -- admission ------------------------------------------------------------------------------
 
     async def prepare(
-        self, form: EditForm, params: EditParams, backend: UpstreamBackend, principal: Principal,
-        request_id: str,
-    ) -> tuple[PreparedRelay, dict[str, str]]:  # fmt: skip
+        self, form: EditForm, params: EditParams, backend: UpstreamBackend,
+        admission: Admission, principal: Principal, request_id: str,
+    ) -> PreparedRelay:  # fmt: skip
+        """Ask the gate, check the inputs' headers, take the ticket over from ``admission``;
+        for a stream, also send the request (so the upstream's refusal keeps its status)."""
+        assert admission.ticket is not None
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
-        ticket: Ticket | None = None
-        p: PreparedRelay | None = None
         admitted = time.monotonic()
+        deadline = admission.ticket.admitted_at + self.settings.queue.deadline_s
+        p: PreparedRelay | None = None
         try:
             await self._off_loop(check_inputs, form, params, self.settings)
-            ticket = backend.admit()
-            deadline = time.monotonic() + self.settings.queue.deadline_s
             request = relay_request(form, backend, request_id)
             p = PreparedRelay(
-                request_id, principal, params, backend, ticket, request, len(form.images), deadline
-            )
-            if params.stream:  # ask now: the upstream's refusal keeps its HTTP status
-                await ticket.start(deadline)
-                p.response = await backend.client.open(request)
-                loop = asyncio.get_running_loop()
-                p.watchdog = loop.call_later(ABANDON_S, self._abandon, p)
-            return p, headers
-        except BaseException as exc:
-            if ticket is not None:
-                ticket.release()
-            status = _status_of(exc)
-            await self._write(
-                UsageRecord(
-                    request_id=request_id, key_id=principal.key_id, model=params.model,
-                    status=status, input_images=len(form.images), output_images=0, text_tokens=0,
-                    image_tokens=0, output_tokens=0,
-                    latency_ms=int((time.monotonic() - admitted) * 1000),
-                    user=params.safety_identifier or params.user,
-                )
+                request_id, principal, params, backend, admission.hand_over(), request,
+                len(form.images), deadline, headers,
             )  # fmt: skip
+            if params.stream:
+                await p.held.enter_async_context(backend.slot(deadline))
+                p.response = await backend.client.open(request)
+            return p
+        except BaseException as exc:
+            admission.recorded = True
+            status = _status_of(exc)
+            if p is not None:
+                await self._close(p)
+                await self._record(p, status, None, 0)
+            else:
+                await self._write(
+                    UsageRecord(
+                        request_id=request_id, key_id=principal.key_id, model=params.model,
+                        status=status, input_images=len(form.images), output_images=0,
+                        text_tokens=0, image_tokens=0, output_tokens=0,
+                        latency_ms=int((time.monotonic() - admitted) * 1000),
+                        user=params.safety_identifier or params.user,
+                    )
+                )  # fmt: skip
             raise
 
-    async def settle(self, p: PreparedRelay, status: int) -> None:
+    async def abandon(self, p: PreparedRelay) -> None:
+        """End a relay whose response never ran or has ended; idempotent."""
         await self._close(p)
-        await self._record(p, status, None, 0)
+        await self._record(p, 499, None, 0)
 
     # -- non-streaming --------------------------------------------------------------------------
 
-    async def respond(self, p: PreparedRelay, base_url: str) -> list[bytes]:
+    async def respond(self, p: PreparedRelay, base_url: str) -> RelayedBody:
         status, usage, produced = 499, None, 0
         try:
-            await p.ticket.start(p.deadline)
-            body = await p.backend.client.post(p.request)
+            async with p.backend.slot(p.deadline):
+                body = await p.backend.client.post(p.request)
             doc = await self._off_loop(_load_response, body)
             data = doc["data"]
             produced = len(data)
@@ -169,7 +180,7 @@ class RelayService:
             if any(isinstance(item.get("url"), str) for item in data):
                 body = await self._mirror(p, doc, base_url)
             status = 200
-            return [body]
+            return RelayedBody(body)
         except RetouchError as exc:
             status = exc.status
             raise
@@ -218,13 +229,11 @@ class RelayService:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def stream(self, p: PreparedRelay) -> AsyncIterator[bytes]:
-        """The upstream's SSE frames as they arrive; usage from its ``*.completed`` events."""
-        from retouch.service.edits import error_event  # one error-frame shape for all streams
+    async def stream(self, p: PreparedRelay) -> AsyncIterator[StreamItem]:
+        """The upstream's SSE frames as they arrive (``RelayEvent``, sent unchanged);
+        ``KEEPALIVE`` while it is silent; usage from its ``*.completed`` events."""
+        from retouch.service.edits import KEEPALIVE  # edits imports this module
 
-        p.reading = True
-        if p.watchdog is not None:
-            p.watchdog.cancel()
         assert p.response is not None
         events = p.backend.client.events(p.response)
         pending: asyncio.Future[RelayEvent | None] | None = None
@@ -236,7 +245,7 @@ class RelayService:
                     pending = asyncio.ensure_future(anext(events, None))
                 done, _ = await asyncio.wait({pending}, timeout=keepalive)
                 if not done:
-                    yield b": ping\n\n"
+                    yield KEEPALIVE
                     continue
                 event, pending = pending.result(), None
                 if event is None:
@@ -246,27 +255,24 @@ class RelayService:
                     usage = await self._off_loop(_usage_of_event, event.data) or usage
                 elif event.event == "error":
                     failed = True
-                yield event.frame
+                yield event
             if not produced and not failed:
                 raise UpstreamError("The upstream ended the stream without an image.")
             status = 502 if failed else 200
         except RetouchError as exc:
             status = exc.status
-            yield error_event(exc.error_object())
+            yield ErrorEvent(error=ErrorObject.model_validate(exc.error_object()))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("relay stream %s failed", p.request_id)
             status = 500
-            yield error_event(
-                {"message": "The server failed while relaying the stream.", "type": "server_error",
-                 "param": None, "code": "internal_error"}
-            )  # fmt: skip
+            yield ErrorEvent(error=_INTERNAL)
         finally:
             if pending is not None:
                 pending.cancel()
-            # Starlette cancels a stream whose client left through an anyio cancel scope,
-            # which cancels every await in here again: the clean-up runs as its own task.
+            # A stream whose client left may be cancelled through an anyio cancel scope, which
+            # cancels every await in here again: the clean-up runs as its own task.
             cleanup = asyncio.ensure_future(
                 self._finish_stream(p, events, pending, status, usage, produced)
             )
@@ -285,19 +291,10 @@ class RelayService:
         await self._close(p)
         await self._record(p, status, usage, produced if status == 200 else 0)
 
-    def _abandon(self, p: PreparedRelay) -> None:
-        if p.reading:
-            return
-        log.info("relay stream %s was never read; closing it", p.request_id)
-        task = asyncio.ensure_future(self.settle(p, 499))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-
     async def _close(self, p: PreparedRelay) -> None:
-        if p.watchdog is not None:
-            p.watchdog.cancel()
         if p.response is not None:
             await asyncio.shield(p.response.aclose())
+        await p.held.aclose()
         p.ticket.release()
 
     # -- ledger ---------------------------------------------------------------------------------
@@ -305,6 +302,9 @@ class RelayService:
     async def _record(
         self, p: PreparedRelay, status: int, usage: _Usage | None, images: int
     ) -> None:
+        if p.recorded:
+            return
+        p.recorded = True
         u = usage or _Usage()
         await self._write(
             UsageRecord(

@@ -1,0 +1,109 @@
+"""The composition root: builds every service the app needs, once, and takes them down.
+
+``build_app`` (``retouch.api.app``) calls ``start_services`` in its lifespan; nothing else
+constructs backends, gates or stores. Swapping an implementation (another gate, a Ray or
+upstream backend) is a change here, not in the routes or the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from retouch.accounting.gate import Gate, OpenGate
+from retouch.config import ModelSettings, Settings
+from retouch.engine.registry import build_engine
+from retouch.engine.types import Engine
+from retouch.net.fetch import Fetcher
+from retouch.scheduler.base import Backend
+from retouch.scheduler.local import LocalBackend
+from retouch.scheduler.upstream import UpstreamBackend
+from retouch.service.edits import EditService
+from retouch.service.models import ModelRoutes
+from retouch.service.tokens import load_tokenizer
+from retouch.storage.local import LocalBlobStore
+from retouch.storage.signing import UrlSigner
+
+log = logging.getLogger(__name__)
+
+GateFactory = Callable[[Settings], Awaitable[Gate]]
+"""Builds the accounting gate at start-up (``database_gate`` for ``retouch serve``)."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    routes: ModelRoutes
+    workers: dict[str, Backend]
+    """One backend per configured model name."""
+    edits: EditService
+    gate: Gate
+    store: LocalBlobStore
+    signer: UrlSigner
+    fetcher: Fetcher = field(default_factory=Fetcher)
+    """SSRF-safe downloads: ``image_url`` inputs and a relay's mirrored links."""
+
+
+async def open_gate(settings: Settings) -> Gate:
+    """The default gate: open. Replaced by the database gate when accounts are configured."""
+    return OpenGate()
+
+
+def local_backend(engine: Engine, model: ModelSettings, settings: Settings) -> LocalBackend:
+    queue = settings.queue
+    return LocalBackend(
+        engine,
+        workers=model.workers,
+        max_queue=queue.max_queue,
+        run_deadline_s=model.run_deadline_s or queue.run_deadline_s,
+        cancel_grace_s=queue.cancel_grace_s,
+    )
+
+
+async def start_services(
+    settings: Settings, engines: dict[str, Engine], gate_factory: GateFactory
+) -> Services:
+    """``engines``: already loaded engines by model name (they were loaded by whoever built
+    them); the other configured models are built and loaded here."""
+    routes = ModelRoutes(settings)
+    await asyncio.to_thread(load_tokenizer)
+    backends: dict[str, Backend] = {}
+    for model in settings.models:
+        if model.upstream is not None:  # a relay: a backend without an engine
+            backends[model.name] = UpstreamBackend(
+                model.name, model.upstream, max_queue=settings.queue.max_queue
+            )
+            continue
+        engine = engines.get(model.name)
+        if engine is None:
+            engine = build_engine(model)
+            await asyncio.to_thread(engine.load)
+        backends[model.name] = local_backend(engine, model, settings)
+    gate = await gate_factory(settings)
+    store = LocalBlobStore(settings.data_dir / "blobs")
+    signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
+    fetcher = Fetcher()
+    edits = EditService(settings, routes, backends, gate, store, signer, fetcher=fetcher)
+    return Services(settings, routes, backends, edits, gate, store, signer, fetcher)
+
+
+async def stop_services(services: Services) -> None:
+    """Backends first (they wait, bounded, for running jobs before freeing engines)."""
+    await asyncio.gather(*(b.close() for b in services.workers.values()))
+    services.edits.close()
+    await services.gate.close()
+
+
+async def sweep_blobs(services: Services) -> None:
+    """Delete expired blobs, forever (cancelled at shutdown)."""
+    while True:
+        try:
+            deleted = await asyncio.to_thread(services.store.sweep, int(time.time()))
+            if deleted:
+                log.info("deleted %d expired blobs", deleted)
+        except Exception:
+            log.exception("blob sweep failed")
+        await asyncio.sleep(services.settings.storage.sweep_interval_s)
