@@ -136,8 +136,9 @@ class FakeUpstream:
             await asyncio.sleep(60)
         if entry == "drop":
             raise ConnectionResetError("dropped")  # uvicorn answers 500 on its own
-        status, headers, body = entry
-        return Response(body, status_code=status, headers=headers, media_type="application/json")
+        status, headers, body = entry[:3]
+        media = entry[3] if len(entry) > 3 else "application/json"
+        return Response(body, status_code=status, headers=headers, media_type=media)
 
 
 def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:

@@ -174,3 +174,29 @@ async def test_a_slow_fetch_does_not_block_other_requests(
     assert not slow.done()
     response = await slow
     assert_envelope(response, 400, param="images[0].image_url", code="image_url_timeout")
+
+
+async def test_a_relay_gets_the_fetched_bytes_not_the_url(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings],
+    host: tuple[ImageHost, ThreadedServer],
+) -> None:  # fmt: skip
+    from retouch.config import ModelSettings, UpstreamSettings
+    from tests.gateway.hosts import FakeUpstream
+    from tests.gateway.test_relay_errors import OK
+
+    upstream = FakeUpstream()
+    upstream.answer((200, {}, OK))
+    with ThreadedServer(upstream.app) as server:
+        relay = ModelSettings(
+            name="relay", engine="upstream", upstream=UpstreamSettings(base_url=f"{server.url}/v1")
+        )
+        settings = make_settings(models=[relay], fetch={"allow_networks": ["127.0.0.0/8"]})
+        harness: Harness = await harness_factory(settings)
+        doc = body(f"{host[1].url}/img", f"{host[1].url}/redirect?to=/img")
+        doc["model"] = "relay"
+        response = await harness.http.post("/v1/images/edits", json=doc)
+    assert response.status_code == 200, response.text
+    assert response.content == OK
+    got = upstream.received[-1]
+    assert [(name, data) for name, data, _ in got["files"]] == [("image[]", IMAGE), ("image[]", IMAGE)]
+    assert got["fields"] == {"model": "relay", "prompt": "keep it"}

@@ -262,3 +262,41 @@ def test_a_full_local_engine_overflows_to_the_upstream(
     assert len(results) == 2
     for result in results:  # the local engines' own images
         assert result.data[0].b64_json != "iVBORw0KGgo="
+
+
+def test_upstream_stream_frames_and_its_error_event_pass_through(
+    gateway: LiveServer, fake: tuple[FakeUpstream, ThreadedServer]
+) -> None:
+    """Frames go out byte for byte (data-only ones included); an upstream ``error`` event
+    reaches the SDK as an APIError, and the ledger says 502."""
+    partial = b'data: {"type":"image_edit.partial_image","b64_json":"QUJD","partial_image_index":0}\n\n'
+    failure = (b'event: error\ndata: {"type":"error","error":{"message":"upstream broke",'
+               b'"type":"server_error","param":null,"code":"engine_error"}}\n\n')  # fmt: skip
+    fake[0].answer((200, {}, partial + failure, "text/event-stream"))
+    with httpx.stream(
+        "POST", f"{gateway.url}/v1/images/edits", files={"image": ("a.png", IMAGE, "image/png")},
+        data={"model": "fake", "prompt": "x", "stream": "true", "partial_images": "1"}, timeout=30,
+    ) as response:  # fmt: skip
+        assert response.status_code == 200
+        assert response.read() == partial + failure
+    assert fake[0].received[-1]["fields"]["stream"] == "true"
+    wait_until(lambda: gateway.services.gate.records[-1].status == 502)
+    fake[0].answer((200, {}, partial + failure, "text/event-stream"))
+    with pytest.raises(openai.APIError) as info:
+        list(edit(gateway, stream=True, partial_images=1))
+    assert "upstream broke" in str(info.value)
+
+
+def test_json_image_urls_are_fetched_then_relayed(
+    gateway: LiveServer, fake: tuple[FakeUpstream, ThreadedServer]
+) -> None:
+    """The gateway fetches an allowed URL itself and relays the bytes; the upstream never
+    sees the URL. (``fetch.allow_networks`` is empty here, so loopback is refused first.)"""
+    host = ImageHost(IMAGE)
+    with ThreadedServer(host.app) as image_host:
+        fake[0].answer((200, {}, OK))
+        doc = {"model": "fake", "prompt": "x", "images": [{"image_url": f"{image_host.url}/img"}]}
+        response = httpx.post(f"{gateway.url}/v1/images/edits", json=doc, timeout=30)
+    envelope(response, 400, "invalid_image_url")
+    assert fake[0].received == []
+    assert host.hosts == []

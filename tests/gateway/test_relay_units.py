@@ -69,3 +69,33 @@ def test_error_mapping() -> None:
         error = error_from_response(status, {}, b"<html>")
         assert error.status == 502
     assert error_from_response(418, {}, b"").error_object()["type"] == "invalid_request_error"
+
+
+async def test_relay_admission_and_overflow_order() -> None:
+    """``concurrency + max_queue`` tickets, then 429; overflow takes the first backend with
+    room, and when every one is full the model's own 429 answers."""
+    from retouch.config import ModelSettings, UpstreamSettings
+    from retouch.errors import QueueFull
+    from retouch.scheduler.upstream import UpstreamBackend
+    from retouch.service.admission import admit_in_order
+
+    def model(name: str, overflow: list[str]) -> ModelSettings:
+        up = UpstreamSettings(base_url="http://127.0.0.1:9/v1", concurrency=1)
+        return ModelSettings(name=name, engine="upstream", upstream=up, overflow=overflow)
+
+    backends = {n: UpstreamBackend(n, model(n, []).upstream, max_queue=1) for n in "abc"}
+    try:
+        first = model("a", ["b", "c"])
+        tickets = [admit_in_order(backends, first) for _ in range(6)]
+        assert [t.backend for t in tickets] == [backends[n] for n in "aabbcc"]
+        assert backends["a"].stats().waiting == 2
+        with pytest.raises(QueueFull) as info:
+            admit_in_order(backends, first)
+        assert "'a'" in info.value.message
+        assert info.value.headers["retry-after"]
+        tickets[2].release()
+        tickets[2].release()  # idempotent
+        assert admit_in_order(backends, first).backend is backends["b"]
+    finally:
+        for backend in backends.values():
+            await backend.close()
