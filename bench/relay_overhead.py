@@ -24,7 +24,7 @@ import time
 
 import httpx
 
-from bench.overhead import synthetic_image
+from overhead import synthetic_image  # bench/overhead.py, next to this script
 from retouch.imaging.encode import encode
 
 
