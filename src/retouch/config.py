@@ -20,7 +20,9 @@ from pydantic_settings import (
 )
 
 ApiFamily = Literal["dall-e-2", "gpt-image", "gpt-image-2", "native"]
-EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "upstream"]
+EngineKind = Literal[
+    "classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext", "upstream"
+]
 
 OPENAI_IMAGE_MODELS: dict[str, ApiFamily] = {
     "dall-e-2": "dall-e-2",
@@ -234,6 +236,16 @@ class ModelSettings(_Group):
         default_factory=list, description="More request names for this model."
     )
     workers: int = Field(1, ge=1, description="Jobs this model runs at once.")
+    license: str | None = Field(
+        None,
+        description="Licence of the weights, shown in /v1/models; default: the licence of the "
+        "engine's usual weights. One containing 'non-commercial' needs accept_license.",
+    )
+    accept_license: Literal["non-commercial"] | None = Field(
+        None,
+        description="Acknowledge that the weights' licence forbids commercial use; without it a "
+        "non-commercial model (e.g. flux-kontext) refuses to start.",
+    )
     run_deadline_s: float | None = Field(
         None, gt=0, description="Run deadline of this model; default: queue.run_deadline_s."
     )

@@ -300,3 +300,11 @@ def test_json_image_urls_are_fetched_then_relayed(
     envelope(response, 400, "invalid_image_url")
     assert fake[0].received == []
     assert host.hosts == []
+
+
+def test_relays_are_listed_as_models(gateway: LiveServer) -> None:
+    models = {m.id: m for m in gateway.sdk().models.list()}
+    assert models["fake"].owned_by == "retouch:upstream"
+    assert models["local"].owned_by == "retouch:echo"
+    ready = httpx.get(f"{gateway.url}/readyz", timeout=10).json()
+    assert ready["models"]["fake"]["capacity"] == 16
