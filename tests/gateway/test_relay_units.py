@@ -99,3 +99,30 @@ async def test_relay_admission_and_overflow_order() -> None:
     finally:
         for backend in backends.values():
             await backend.close()
+
+
+async def test_a_generation_is_relayed_as_typed_json() -> None:
+    import json
+
+    from retouch.config import UpstreamSettings
+    from retouch.scheduler.upstream import UpstreamBackend
+    from retouch.service.form import EditForm
+    from retouch.service.relay import relay_request
+
+    backend = UpstreamBackend(
+        "g", UpstreamSettings(base_url="http://127.0.0.1:9/v1", model="gpt-image-1.5"),
+        max_queue=0,
+    )  # fmt: skip
+    try:
+        form = EditForm(fields={"prompt": "a cat", "n": "2", "stream": "true", "partial_images": "1",
+                                "quality": "low", "model": "mine"})  # fmt: skip
+        request = relay_request(form, backend, "req_1", generation=True)
+        built = backend.client._build(request)
+        assert built.url.path == "/v1/images/generations"
+        assert built.headers["content-type"] == "application/json"
+        assert json.loads(built.content) == {
+            "prompt": "a cat", "n": 2, "stream": True, "partial_images": 1, "quality": "low",
+            "model": "gpt-image-1.5",
+        }
+    finally:
+        await backend.close()

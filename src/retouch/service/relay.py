@@ -121,10 +121,11 @@ class RelayService:
 
     async def prepare(
         self, form: EditForm, params: EditParams, backend: UpstreamBackend,
-        admission: Admission, principal: Principal, request_id: str,
+        admission: Admission, principal: Principal, request_id: str, *, generation: bool = False,
     ) -> PreparedRelay:  # fmt: skip
         """Ask the gate, check the inputs' headers, take the ticket over from ``admission``;
-        for a stream, also send the request (so the upstream's refusal keeps its status)."""
+        for a stream, also send the request (so the upstream's refusal keeps its status).
+        ``generation``: relay to ``/images/generations`` (JSON) instead of ``/images/edits``."""
         assert admission.ticket is not None
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
@@ -133,8 +134,9 @@ class RelayService:
         deadline = admission.ticket.admitted_at + self.settings.queue.deadline_s
         p: PreparedRelay | None = None
         try:
-            await self._off_loop(check_inputs, form, params, self.settings)
-            request = relay_request(form, backend, request_id)
+            if form.images:
+                await self._off_loop(check_inputs, form, params, self.settings)
+            request = relay_request(form, backend, request_id, generation=generation)
             p = PreparedRelay(
                 request_id, principal, params, backend, admission.hand_over(), request,
                 len(form.images), deadline, headers,
@@ -324,12 +326,31 @@ class RelayService:
             log.exception("could not record usage for %s", record.request_id)
 
 
-def relay_request(form: EditForm, backend: UpstreamBackend, request_id: str) -> RelayRequest:
-    """The client's fields and files as the upstream will get them (multipart, which every
-    OpenAI-compatible server takes; the SDK's spellings ``image`` / ``image[]``)."""
+_INT_FIELDS = frozenset({"n", "output_compression", "partial_images", "frame_count",
+                         "frame_duration_ms"})  # fmt: skip
+_BOOL_FIELDS = frozenset({"stream"})
+
+
+def relay_request(
+    form: EditForm, backend: UpstreamBackend, request_id: str, *, generation: bool = False
+) -> RelayRequest:
+    """The client's fields and files as the upstream will get them: edits as multipart, which
+    every OpenAI-compatible server takes (the SDK's spellings ``image`` / ``image[]``);
+    generations as the JSON body OpenAI takes for them, numbers and booleans typed again
+    (the form keeps every field as text; validation already checked them)."""
     fields = dict(form.fields)
     if backend.settings.model is not None:
         fields["model"] = backend.settings.model
+    if generation:
+        doc: dict[str, object] = {}
+        for key, value in fields.items():
+            if key in _INT_FIELDS:
+                doc[key] = int(value)
+            elif key in _BOOL_FIELDS:
+                doc[key] = value.strip().lower() == "true"
+            else:
+                doc[key] = value
+        return RelayRequest("/images/generations", fields, (), request_id, json=doc)
     name = "image" if len(form.images) == 1 else "image[]"
     files: list[tuple[str, Upload]] = [(name, u) for u in form.images]
     if form.mask is not None:

@@ -54,6 +54,8 @@ class RelayRequest:
     files: tuple[tuple[str, Upload], ...]
     """(multipart field name, upload) in wire order."""
     request_id: str
+    json: Mapping[str, object] | None = None
+    """Sent as a JSON body instead (generations, which OpenAI takes as JSON only)."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,10 @@ class UpstreamClient:
             for name, u in request.files
         ]  # fmt: skip
         headers = {**self._headers, "x-client-request-id": request.request_id}
+        if request.json is not None:
+            return self._http.build_request(
+                "POST", self.base_url + request.path, json=dict(request.json), headers=headers
+            )
         return self._http.build_request(
             "POST", self.base_url + request.path, data=dict(request.fields), files=files,
             headers=headers,
