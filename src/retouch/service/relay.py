@@ -352,10 +352,18 @@ def relay_request(
                 doc[key] = value
         return RelayRequest("/images/generations", fields, (), request_id, json=doc)
     name = "image" if len(form.images) == 1 else "image[]"
-    files: list[tuple[str, Upload]] = [(name, u) for u in form.images]
-    if form.mask is not None:
-        files.append(("mask", form.mask))
-    return RelayRequest("/images/edits", fields, tuple(files), request_id)
+    files = [(name, u) for u in form.images] + ([("mask", form.mask)] if form.mask else [])
+    parts = tuple(
+        (field_name, u.filename or _filename(u), u.data, u.content_type or "application/octet-stream")
+        for field_name, u in files
+    )  # fmt: skip
+    return RelayRequest("/images/edits", fields, parts, request_id)
+
+
+def _filename(upload: Upload) -> str:
+    """A name for a part that came without one (a JSON data URL or a fetched image)."""
+    ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(upload.content_type or "", "png")
+    return f"{upload.param.replace('[', '_').replace(']', '')}.{ext}"
 
 
 def check_inputs(form: EditForm, params: EditParams, settings: Settings) -> None:

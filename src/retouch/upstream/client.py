@@ -38,7 +38,6 @@ from retouch.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from retouch.service.form import Upload
 
 log = logging.getLogger(__name__)
 _RETRY_HINTS = ("retry-after", "retry-after-ms", "x-should-retry")
@@ -51,8 +50,8 @@ class RelayRequest:
     path: str
     """Below the base URL, e.g. ``/images/edits``."""
     fields: Mapping[str, str]
-    files: tuple[tuple[str, Upload], ...]
-    """(multipart field name, upload) in wire order."""
+    files: tuple[tuple[str, str, bytes, str], ...]
+    """(multipart field name, filename, the uploaded bytes, content type) in wire order."""
     request_id: str
     json: Mapping[str, object] | None = None
     """Sent as a JSON body instead (generations, which OpenAI takes as JSON only)."""
@@ -140,10 +139,7 @@ class UpstreamClient:
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def _build(self, request: RelayRequest) -> httpx.Request:
-        files = [
-            (name, (u.filename or _default_filename(u), u.data, u.content_type or "application/octet-stream"))
-            for name, u in request.files
-        ]  # fmt: skip
+        files = [(name, (filename, data, ctype)) for name, filename, data, ctype in request.files]
         headers = {**self._headers, "x-client-request-id": request.request_id}
         if request.json is not None:
             return self._http.build_request(
@@ -191,11 +187,6 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self._http.aclose()
-
-
-def _default_filename(upload: Upload) -> str:
-    ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(upload.content_type or "", "png")
-    return f"{upload.param.replace('[', '_').replace(']', '')}.{ext}"
 
 
 def backoff(attempt: int) -> float:
