@@ -131,7 +131,7 @@ class RelayService:
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
         admitted = time.monotonic()
-        deadline = admission.ticket.admitted_at + self.settings.queue.deadline_s
+        deadline = admitted + self.settings.queue.deadline_s  # from the end of the upload
         p: PreparedRelay | None = None
         try:
             if form.images:
