@@ -26,6 +26,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m mypy
+	$(BIN)/lint-imports
 	bash .ci/chromium.sh
 	bash .ci/with-postgres.sh $(BIN)/python -m pytest
 

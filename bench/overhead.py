@@ -92,7 +92,7 @@ def main() -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(timeout=60) as client:
-            for _ in range(200):
+            for _ in range(1200):  # up to 2 minutes on a loaded machine
                 try:
                     if client.get(f"{base}/readyz").status_code == 200:
                         break

@@ -40,7 +40,7 @@ async def serve_case(case: Any, folder: Path, data: Path) -> Any:
         name="m", engine=case.engine, weights=str(folder), options=parity.OPTIONS[case.engine],
         **parity.SETTINGS.get(case.engine, {}))])  # fmt: skip
     app = build_app(settings)
-    async with LifespanManager(app, startup_timeout=120) as manager:
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=120) as manager:
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=manager.app), base_url="http://b")
         sdk = openai.AsyncOpenAI(api_key="sk-bench", base_url="http://b/v1", http_client=http, max_retries=0)
         result = await sdk.images.edit(model="m", **parity.files(case), **case.request)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx2
@@ -12,14 +11,17 @@ import openai
 import uvicorn
 
 from retouch.api.app import build_app
+from retouch.api.server import server_config
 from retouch.config import Settings
+from tests.waiting import wait_until
 
 
 class LiveServer:
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
         self.app = build_app(settings, **app_kwargs)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+        # the production configuration (retouch serve), on a free loopback port
+        config = server_config(
+            self.app, settings, host="127.0.0.1", port=0, log_level="warning",
             timeout_graceful_shutdown=2,
         )  # fmt: skip
         self.server = uvicorn.Server(config)
@@ -28,11 +30,12 @@ class LiveServer:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
+        def started() -> bool:
+            if not self.thread.is_alive():
                 raise RuntimeError("the live uvicorn server did not start")
-            time.sleep(0.01)
+            return bool(self.server.started)
+
+        wait_until(started, timeout=60)
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
 

@@ -16,6 +16,7 @@ import pytest
 
 from retouch.service import jobs
 from tests.conftest import Harness, echo_models, encode_image, gradient
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,10 +46,7 @@ async def busy(harness_factory: Callable[..., Any], make_settings: Callable[...,
         h.sdk.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
     )
     worker = h.services.workers["echo"]
-    for _ in range(500):
-        if worker.running:
-            break
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: worker.running, timeout=5)
     assert worker.running == 1
     return h, first
 
@@ -204,18 +202,55 @@ async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
         await h.sdk.images.edit(model="stubborn", image=("a.png", SRC, "image/png"), prompt="x")
     assert info.value.status_code == 504
     assert info.value.code == "run_timeout"
-    for _ in range(500):
-        ready = await h.http.get("/readyz")
-        if ready.status_code == 503:
-            break
-        await asyncio.sleep(0.01)
+    async def not_ready() -> bool:
+        return (await h.http.get("/readyz")).status_code == 503
+
+    await async_wait_until(not_ready, timeout=5)
+    ready = await h.http.get("/readyz")
     assert ready.json()["status"] == "not_ready"
     assert "ignored cancellation" in ready.json()["models"]["stubborn"]["reason"]
     engine.release.set()
-    for _ in range(500):
-        ready = await h.http.get("/readyz")
-        if ready.status_code == 200:
-            break
-        await asyncio.sleep(0.01)
+    async def is_ready() -> bool:
+        return (await h.http.get("/readyz")).status_code == 200
+
+    await async_wait_until(is_ready, timeout=5)
+    ready = await h.http.get("/readyz")
     assert ready.json()["status"] == "ready"
     assert [r.status for r in h.services.gate.records] == [504]
+
+
+@pytest.mark.live
+def test_an_early_429_reaches_the_sdk_over_a_real_socket(make_settings: Callable[..., Any]) -> None:
+    """A refused multi-MB upload gets its 429 (not a reset connection), and the connection
+    stays usable."""
+    import threading as th
+
+    import httpx as httpx1
+
+    from retouch.engine.echo import EchoEngine
+    from tests.live import LiveServer
+
+    engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
+    settings = make_settings(models=echo_models(), queue={"max_queue": 0})
+    big = SRC + bytes(4_000_000)  # several socket buffers' worth still unsent at the refusal
+    with LiveServer(settings, engines={"echo": engine}) as server, server.sdk() as client:
+        first = th.Thread(target=lambda: client.images.edit(
+            model="echo", image=("a.png", SRC, "image/png"), prompt="x"
+        ))  # fmt: skip
+        first.start()
+        worker = server.services.workers["echo"]
+        deadline = time.monotonic() + 10
+        while worker.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):
+            with pytest.raises(openai.RateLimitError) as info:
+                client.images.edit(model="echo", image=("a.png", big, "image/png"), prompt="x")
+            assert info.value.code == "queue_full"
+        with httpx1.Client(base_url=server.url) as http:  # one connection, reused after a 429
+            refused = http.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
+                                files={"image": ("a.png", big, "image/png")})  # fmt: skip
+            assert refused.status_code == 429
+            assert http.get("/healthz").status_code == 200
+            assert http.get("/readyz").json()["models"]["echo"]["waiting"] == 0
+        first.join()
+    assert engine.runs == 1

@@ -34,6 +34,7 @@ from tests.conftest import (
     mask_bytes,
     png_bytes,
 )
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -874,10 +875,7 @@ async def test_queue_full_raises_rate_limit_error(
     first = asyncio.ensure_future(
         harness.sdk.images.edit(model="echo", image=png_file(RED), prompt=PROMPT)
     )
-    for _ in range(500):
-        if worker.running:
-            break
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: worker.running, timeout=5)
     assert worker.running == 1
     for stream in (False, True):
         with pytest.raises(openai.RateLimitError) as err:

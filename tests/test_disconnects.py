@@ -22,6 +22,7 @@ from retouch.engine.echo import EchoEngine
 from retouch.service import jobs
 from tests.conftest import echo_models, encode_image, gradient
 from tests.live import LiveServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -66,11 +67,11 @@ def server_log() -> Iterator[LogTrap]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
+    """``wait_until`` as a boolean, for ``assert wait_for(...)``."""
+    try:
+        wait_until(predicate, timeout)
+    except TimeoutError:
+        return False
     return True
 
 

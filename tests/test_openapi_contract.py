@@ -1,7 +1,7 @@
 """Our responses validated against OpenAI's published schemas.
 
-``openai-images-openapi.yaml`` (in the shared docs, ``../shared/docs`` from the repository root)
-is an unedited extract of OpenAI's OpenAPI 3.1 document; 3.1 schemas are JSON Schema 2020-12,
+``tests/openapi/openai-images-openapi.yaml`` (vendored; OpenAI publishes it under the MIT
+licence, see ``tests/openapi/NOTICE.md``) is an unedited extract of OpenAI's OpenAPI 3.1 document; 3.1 schemas are JSON Schema 2020-12,
 so ``jsonschema`` validates against them directly, resolving ``$ref``s into the components.
 
 The extract has no ``Error`` component (it holds only what the image paths reference), so the
@@ -29,9 +29,7 @@ from tests.conftest import Harness, encode_image, gradient, mask_bytes, png_byte
 
 pytestmark = pytest.mark.anyio
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "docs" / "openai-images-openapi.yaml"
-)
+SPEC_PATH = Path(__file__).resolve().parent / "openapi" / "openai-images-openapi.yaml"
 SPEC_URI = "urn:openai:images-openapi"
 
 ERROR_RESPONSE = {  # SPEC ErrorResponse + Error (contract §6.1); extra keys are allowed
@@ -55,7 +53,7 @@ ERROR_RESPONSE = {  # SPEC ErrorResponse + Error (contract §6.1); extra keys ar
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     if not SPEC_PATH.is_file():
-        pytest.skip(f"OpenAI's schema extract is not at {SPEC_PATH} (the shared docs folder)")
+        raise FileNotFoundError(f"OpenAI's schema extract is missing: {SPEC_PATH}")
     document = yaml.safe_load(SPEC_PATH.read_text())
     resource = Resource.from_contents(document, default_specification=DRAFT202012)
     return Registry().with_resource(SPEC_URI, resource)

@@ -14,6 +14,7 @@ from retouch.engine.echo import EchoEngine
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Progress
 from retouch.errors import EngineFailed, QueueFull, QueueTimeout, RunTimeout
 from retouch.scheduler import Backend, LocalBackend
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -53,11 +54,11 @@ class StubbornEngine:
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
+    """``async_wait_until`` as a boolean, for ``assert await eventually(...)``."""
+    try:
+        await async_wait_until(predicate, timeout)
+    except TimeoutError:
+        return False
     return True
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -72,3 +75,52 @@ def test_generated_key_is_kept_private(tmp_path: Path) -> None:
     b = UrlSigner.from_settings([], tmp_path)
     assert b.verify("k", 1, a.sign("k", 1))
     assert (tmp_path / "signing.key").stat().st_mode & 0o077 == 0
+
+
+def _start_signer(data_dir: str, start: object, out: object) -> None:
+    start.wait()  # type: ignore[attr-defined]
+    signer = UrlSigner.from_settings([], Path(data_dir))
+    out.put(signer.sign("k", 1))  # type: ignore[attr-defined]
+
+
+def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    """Eight processes create the key at the same moment: all end up signing with one key,
+    and no temporary file is left behind."""
+    ctx = multiprocessing.get_context("spawn")
+    for attempt in range(3):
+        data_dir = tmp_path / f"data{attempt}"
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [
+            ctx.Process(target=_start_signer, args=(str(data_dir), start, out)) for _ in range(8)
+        ]
+        for proc in procs:
+            proc.start()
+        start.set()
+        signatures = {out.get(timeout=60) for _ in procs}
+        for proc in procs:
+            proc.join(timeout=30)
+            assert proc.exitcode == 0
+        assert len(signatures) == 1
+        assert [p.name for p in data_dir.iterdir()] == ["signing.key"]
+        key = data_dir / "signing.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert UrlSigner.from_settings([], data_dir).sign("k", 1) in signatures
+
+
+def test_threads_starting_together_agree_on_one_key(tmp_path: Path) -> None:
+    barrier = threading.Barrier(16)
+
+    def start() -> str:
+        barrier.wait()
+        return UrlSigner.from_settings([], tmp_path).sign("k", 1)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        signatures = set(pool.map(lambda _: start(), range(16)))
+    assert len(signatures) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["signing.key"]
+
+
+def test_an_empty_key_file_is_an_error_not_an_empty_key(tmp_path: Path) -> None:
+    (tmp_path / "signing.key").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        UrlSigner.from_settings([], tmp_path)

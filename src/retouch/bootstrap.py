@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from retouch.accounting.gate import Gate, OpenGate
+from retouch.accounting.gate import Gate, OpenGate, ServingRefused, serving_check
 from retouch.config import ModelSettings, Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
@@ -83,6 +83,12 @@ async def start_services(
             await asyncio.to_thread(engine.load)
         backends[model.name] = local_backend(engine, model, settings)
     gate = await gate_factory(settings)
+    if gate.open_mode:  # the open-mode rule, whatever the gate
+        try:
+            serving_check(settings, has_keys=False)
+        except ServingRefused:
+            await gate.close()
+            raise
     store = LocalBlobStore(settings.data_dir / "blobs")
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
     fetcher = Fetcher()

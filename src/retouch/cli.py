@@ -10,34 +10,9 @@ from typing import Any
 import click
 
 from retouch import __version__
-from retouch.config import ModelSettings, Settings, UpstreamSettings, load_settings
-from retouch.engine.types import Engine, EngineLoadError
+from retouch.cli_settings import build_settings, load_engines, parse_model_flag
 
-
-def parse_model_flag(value: str) -> ModelSettings:
-    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``,
-    or ``NAME=upstream:BASE_URL`` for a relay (more relay options in the TOML file)."""
-    name, sep, rest = value.partition("=")
-    engine, _, weights = rest.partition(":")
-    if not sep or not name or not engine:
-        raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
-    try:
-        if engine == "upstream":
-            upstream = UpstreamSettings(base_url=weights)
-            return ModelSettings(name=name, engine="upstream", upstream=upstream)
-        return ModelSettings(name=name, engine=engine, weights=weights or None)
-    except Exception as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def build_settings(config: Path | None, models: tuple[str, ...], **flags: Any) -> Settings:
-    overrides = dict(flags)
-    if models:
-        overrides["models"] = [parse_model_flag(m) for m in models]
-    try:
-        return load_settings(config, **overrides)
-    except Exception as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+__all__ = ["build_settings", "load_engines", "main", "parse_model_flag"]
 
 
 @click.group()
@@ -67,6 +42,7 @@ def serve(
     import uvicorn
 
     from retouch.api.app import build_app
+    from retouch.api.server import server_config
 
     settings = build_settings(
         config, models, host=host, port=port, data_dir=data_dir,
@@ -87,9 +63,7 @@ def serve(
     engines = load_engines(settings)
     app = build_app(settings, engines=engines, gate_factory=database_gate)
     served = ", ".join(
-        f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''}"
-        f"{': ' + m.upstream.base_url if m.upstream else ''})"
-        for m in settings.models
+        f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
     )
     default = settings.default_model or settings.models[0].name
     click.echo(
@@ -98,26 +72,7 @@ def serve(
         + ("API keys required" if has_keys else "no API keys: serving open"),
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
-
-
-def load_engines(settings: Settings) -> dict[str, Engine]:
-    """Build and load every configured engine before the server starts, so a missing extra,
-    missing weights or a broken model stop ``serve`` with its own message (naming the model,
-    where it looked and the fix), not inside the ASGI server's start-up traceback."""
-    from retouch.engine.registry import build_engine
-
-    engines: dict[str, Engine] = {}
-    for model in settings.models:
-        if model.engine == "upstream":  # a relay: nothing to load (see retouch.upstream)
-            continue
-        try:
-            engine = build_engine(model)
-            engine.load()
-        except EngineLoadError as exc:
-            raise click.ClickException(str(exc)) from None
-        engines[model.name] = engine
-    return engines
+    uvicorn.Server(server_config(app, settings)).run()
 
 
 @main.group()

@@ -67,6 +67,32 @@ class Limits(_Group):
     )
 
 
+class ServerSettings(_Group):
+    """The HTTP server (uvicorn with retouch's guarded h11 protocol, ``retouch.api.server``)."""
+
+    header_timeout_s: float = Field(
+        10.0, gt=0,
+        description="Deadline for a complete request head (line and headers), from the moment "
+        "the connection opens or the previous response ends; then 408 and close (slow-loris).",
+    )  # fmt: skip
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this long."
+    )
+    max_connections: int = Field(
+        0, ge=0,
+        description="Most open client connections; 0 = from the open-files limit (that limit "
+        "less 128, at most 10000). Past it the oldest connection still sending its request head "
+        "is dropped, or, when every connection is busy, the newcomer gets a 503.",
+    )  # fmt: skip
+    max_head_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request head (line and headers); larger is 431."
+    )
+    raise_open_files_limit: bool = Field(
+        True, description="Raise the soft open-files limit (RLIMIT_NOFILE) to the hard limit "
+        "at start, so more clients fit before the connection cap applies.",
+    )  # fmt: skip
+
+
 class QueueSettings(_Group):
     max_queue: int = Field(
         16, ge=0, description="Requests that may wait per model beyond those running; then 429."
@@ -158,8 +184,8 @@ class AccountSettings(_Group):
         8,
         ge=1,
         le=64,
-        description="Threads (and pooled connections) for a PostgreSQL accounts database; "
-        "SQLite always uses one writer thread.",
+        description="Threads (and pooled connections) for the accounts database; on SQLite "
+        "these are the reader threads, and writes go through one writer thread of their own.",
     )
     idempotency_ttl_s: int = Field(
         86400, gt=0, description="How long a response is kept for Idempotency-Key replays."
@@ -304,6 +330,9 @@ class Settings(BaseSettings):
     )
     limits: Limits = Field(default_factory=Limits, description="Request and image limits.")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Admission.")
+    server: ServerSettings = Field(
+        default_factory=ServerSettings, description="HTTP server timeouts and connection caps."
+    )
     storage: StorageSettings = Field(
         default_factory=StorageSettings, description="Blob storage and signed URLs."
     )

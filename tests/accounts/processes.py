@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.waiting import wait_until
 
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
 
@@ -57,17 +58,19 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 60) -> ServeProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"retouch serve exited:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"retouch serve did not get ready:\n{self.log.read_text()}")
+                return False
+
+        try:
+            wait_until(ready, timeout, interval=0.05)
+        except TimeoutError:
+            raise RuntimeError(f"retouch serve did not get ready:\n{self.log.read_text()}") from None
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

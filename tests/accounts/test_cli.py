@@ -117,8 +117,15 @@ def test_serve_needs_a_key_or_insecure_off_loopback(
 ) -> None:
     import uvicorn
 
+    from retouch.api.server import GuardedH11Protocol
+
     started: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
+
+    def run(server: uvicorn.Server) -> None:  # serve runs the production server config
+        assert issubclass(server.config.http, GuardedH11Protocol)  # type: ignore[arg-type]
+        started.append({"host": server.config.host})
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
 
     refused = _run(accounts, "serve", "--host", "0.0.0.0", "--model", "echo=echo")
     assert refused.exit_code == 1

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import Accounts, sdk_for
 from tests.conftest import Harness, echo_models, encode_image, gradient
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -107,8 +108,7 @@ async def test_in_flight_duplicate_gets_409_then_the_result(
     )
     sdk = sdk_for(h, secret)
     first = asyncio.ensure_future(_edit_raw(sdk, "slow"))
-    while engine.runs == 0:
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: engine.runs, timeout=10)
     with pytest.raises(openai.ConflictError) as err:
         await _edit_raw(sdk, "slow")
     assert err.value.code == "idempotency_key_in_use"
@@ -180,10 +180,10 @@ async def test_a_completed_edit_is_delivered_and_billed_once_when_storing_it_fai
     # The SDK's retry meanwhile must not run (and bill) the edit again.
     with pytest.raises(openai.ConflictError):
         await _edit_raw(sdk, "billed")
-    for _ in range(1000):  # the background retry stores it
-        if failures == 0 and await _stored(gate, secret):
-            break
-        await asyncio.sleep(0.01)
+    async def stored() -> bool:  # the background retry stores it
+        return failures == 0 and await _stored(gate, secret)
+
+    await async_wait_until(stored, timeout=10)
     replayed = await _edit_raw(sdk, "billed")
     assert replayed.headers["idempotent-replayed"] == "true"
     assert replayed.http_response.content == first.http_response.content

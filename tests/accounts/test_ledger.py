@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +15,14 @@ from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import T0, Accounts, sdk_for
 from tests.conftest import Harness, echo_models, encode_image, gradient
 from tests.live import LiveServer
+from tests.waiting import wait_until
 
 SRC = encode_image(gradient((32, 32)))
 
 
 def _wait_rows(accounts: Accounts, count: int, timeout: float = 10) -> list[Any]:
-    deadline = time.monotonic() + timeout
-    while len(rows := accounts.rows()) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return rows
+    wait_until(lambda: len(accounts.rows()) >= count, timeout)
+    return accounts.rows()
 
 
 @pytest.mark.anyio
@@ -113,9 +111,7 @@ def test_disconnects_are_recorded_once(accounts: Accounts) -> None:
                     break
         rows = _wait_rows(accounts, 2)
         worker = server.services.workers["echo"]
-        deadline = time.monotonic() + 10
-        while worker.running and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: not worker.running, timeout=10)
         assert engine.cancelled_runs == 2
     rows = accounts.rows()
     assert [(r["status"], r["total_tokens"]) for r in rows] == [(499, 0), (499, 0)]

@@ -146,7 +146,7 @@ def klein_edit(prompt: str, refs: list[np.ndarray], steps: int, gen_size: tuple[
 
 
 def klein_inpaint(prompt: str, image: np.ndarray, alpha: np.ndarray | None, steps: int,
-                  strength: float, refs: list[np.ndarray] = ()) -> Callable[[Any], np.ndarray]:  # type: ignore[assignment]  # fmt: skip
+                  strength: float, refs: tuple[np.ndarray, ...] = ()) -> Callable[[Any], np.ndarray]:  # fmt: skip
     def call(pipe: Any) -> np.ndarray:
         from diffusers import Flux2KleinInpaintPipeline
 
@@ -272,7 +272,7 @@ def cases() -> list[Case]:
         Case("klein soft mask", "flux2-klein", {"prompt": "a rose"}, [a],
              klein_inpaint("a rose", a, soft, 4, 1.0), alpha=soft, tolerance=1),
         Case("klein mask + reference", "flux2-klein", {"prompt": "a rose"}, [a, b],
-             klein_inpaint("a rose", a, hard, 4, 1.0, [b]), alpha=hard),
+             klein_inpaint("a rose", a, hard, 4, 1.0, (b,)), alpha=hard),
         Case("klein input_fidelity=high", "flux2-klein", {"prompt": "x", "input_fidelity": "high"},
              [a], klein_inpaint("x", a, None, 4, 0.75)),
         Case("klein mask + input_fidelity=high", "flux2-klein",

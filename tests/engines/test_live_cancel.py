@@ -13,10 +13,12 @@ import pytest
 import uvicorn
 
 from retouch.api.app import build_app
+from retouch.api.server import server_config
 from retouch.config import Settings
 from retouch.scheduler import JobProgress, LocalBackend
 from tests.engines.conftest import KLEIN_OPTIONS, model
 from tests.engines.helpers import png
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.torch, pytest.mark.live]
 
@@ -28,16 +30,20 @@ class LiveServer:
 
     def __init__(self, settings: Settings) -> None:
         self.app = build_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        # the production server configuration (retouch serve), on a free loopback port
+        config = server_config(self.app, settings, host="127.0.0.1", port=0, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        while not self.server.started:
+
+        def started() -> bool:
             if not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
-            self.thread.join(0.05)
+            return bool(self.server.started)
+
+        wait_until(started, timeout=120)
         return self
 
     @property
@@ -97,10 +103,8 @@ async def test_disconnect_stops_the_engine_at_the_next_step(
     await stream.close()  # drops the connection mid-stream
 
     assert await asyncio.to_thread(cancel_seen.wait, 30)
-    for _ in range(600):  # the engine thread finishes its current step, then stops
-        if worker.running == 0:
-            break
-        await asyncio.sleep(0.05)
+    # the engine thread finishes its current step, then stops
+    await async_wait_until(lambda: worker.running == 0, timeout=30)
     assert worker.running == 0
     assert engine.cancelled_runs == 1
     # Cancelled before step 3 began (2 steps) or while it was held (3): steps 4-8 never ran.
@@ -122,10 +126,7 @@ async def test_a_client_that_gives_up_on_a_plain_request_frees_the_model(
     with pytest.raises(openai.APITimeoutError):
         await impatient.images.edit(model="klein", image=png(), prompt="x")
     assert await asyncio.to_thread(cancel_seen.wait, 30)
-    for _ in range(600):
-        if worker.running == 0:
-            break
-        await asyncio.sleep(0.05)
+    await async_wait_until(lambda: worker.running == 0, timeout=30)
     assert worker.engine.cancelled_runs == 1
     assert worker.engine.steps_run == 1  # stopped after the step that was in flight
     # The model is free again: the next request is served in full.

@@ -21,7 +21,14 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from retouch.accounting import idempotency, keys, ledger, limits, migrate
 from retouch.accounting.db import Database
-from retouch.accounting.gate import Principal, StoredResponse, UsageQuery, UsageRecord
+from retouch.accounting.gate import (
+    Principal,
+    ServingRefused,
+    StoredResponse,
+    UsageQuery,
+    UsageRecord,
+    serving_check,
+)
 from retouch.config import Settings
 from retouch.errors import (
     AuthenticationFailed,
@@ -36,22 +43,6 @@ log = logging.getLogger(__name__)
 OPEN_PRINCIPAL = Principal(key_id=None, name="anonymous")
 SWEEP_INTERVAL_S = 60.0
 _AUTH_HEADERS = {"www-authenticate": 'Bearer realm="retouch"'}
-
-
-class ServingRefused(RuntimeError):
-    """``serve`` was asked to listen beyond loopback with no key and without ``--insecure``."""
-
-
-def serving_check(settings: Settings, has_keys: bool) -> None:
-    if has_keys or settings.is_loopback or settings.insecure:
-        return
-    raise ServingRefused(
-        f"refusing to serve on {settings.host} without API keys: anyone who can reach that "
-        "address could use this server. Create a key first with\n"
-        "    retouch keys create --name NAME\n"
-        "(with the same --data-dir / --database-url as serve), or pass --insecure to serve "
-        "without keys anyway."
-    )
 
 
 def prepare_database(settings: Settings) -> bool:
@@ -263,3 +254,6 @@ class DatabaseGate:
 async def database_gate(settings: Settings) -> DatabaseGate:
     """The ``gate_factory`` that ``retouch serve`` hands to ``build_app``."""
     return await DatabaseGate.start(settings)
+
+
+__all__ = ["DatabaseGate", "ServingRefused", "database_gate", "prepare_database", "serving_check"]

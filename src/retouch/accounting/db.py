@@ -1,9 +1,11 @@
 """The accounts database: URL resolution, engine set-up, and running blocking work off the loop.
 
 SQLAlchemy runs synchronously here (no greenlet, no async drivers): every call is a function of
-a ``Connection`` run in one transaction on a worker thread. SQLite gets exactly one worker
-thread, so all of a process's writes go through a single writer, as datasette does; PostgreSQL
-gets a small pool of threads and connections. Write transactions on SQLite start with
+a ``Connection`` run in one transaction on a worker thread. On SQLite all of a process's writes
+go through one writer thread, as datasette does, and reads through their own pool of threads
+and connections: in WAL mode readers see the last commit without waiting for the writer, so an
+authentication read is never queued behind a ledger write. PostgreSQL gets one pool of threads
+and connections for both. Write transactions on SQLite start with
 ``BEGIN IMMEDIATE`` so that two processes (the server and ``retouch keys``) wait for each other
 through ``busy_timeout`` instead of failing when a read lock cannot be upgraded.
 """
@@ -72,17 +74,20 @@ class Database:
         if self.is_sqlite:
             assert url.database, "SQLite needs a file path"
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = create_engine(url, pool_size=2, max_overflow=2)
+            # one connection per reader thread, one for the writer, two spare for CLI-style use
+            self.engine: Engine = create_engine(url, pool_size=threads + 1, max_overflow=2)
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
-            threads = 1
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="accounts-db-writer")
+            self._readers = ThreadPoolExecutor(threads, thread_name_prefix="accounts-db-reader")
         else:
             # pre_ping: a PostgreSQL restart costs one reconnect, not a failed request.
             self.engine = create_engine(
                 url, pool_size=threads, max_overflow=0, pool_pre_ping=True
             )
+            self._executor = ThreadPoolExecutor(threads, thread_name_prefix="accounts-db")
+            self._readers = self._executor
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="accounts-db")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -129,14 +134,18 @@ class Database:
     ) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, lambda: self.read_sync(fn, *args, **kwargs)
+            self._readers, lambda: self.read_sync(fn, *args, **kwargs)
         )
 
     async def aclose(self) -> None:
         """Let queued work (ledger rows) finish, then close the connections."""
-        await asyncio.to_thread(self._executor.shutdown, True)
+        await asyncio.to_thread(self._shutdown)
         self.engine.dispose()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._shutdown()
         self.engine.dispose()
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._readers.shutdown(wait=True)

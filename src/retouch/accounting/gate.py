@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from retouch.config import Settings
 from retouch.errors import NotFound
 
 BucketWidth = Literal["1m", "1h", "1d"]
@@ -72,7 +73,28 @@ class UsageQuery:
     api_key_ids: tuple[str, ...] = ()
 
 
+class ServingRefused(RuntimeError):
+    """A server without API keys was asked to listen beyond loopback without ``insecure``."""
+
+
+def serving_check(settings: Settings, has_keys: bool) -> None:
+    """The open-mode rule, whatever the gate: without keys, serve only on a loopback address
+    unless the operator said ``--insecure``."""
+    if has_keys or settings.is_loopback or settings.insecure:
+        return
+    raise ServingRefused(
+        f"refusing to serve on {settings.host} without API keys: anyone who can reach that "
+        "address could use this server. Create a key first with\n"
+        "    retouch keys create --name NAME\n"
+        "(with the same --data-dir / --database-url as serve), or pass --insecure to serve "
+        "without keys anyway."
+    )
+
+
 class Gate(Protocol):
+    open_mode: bool
+    """No key is needed (anyone who reaches the server may use it)."""
+
     async def authenticate(self, authorization: str | None) -> Principal:
         """Raise ``AuthenticationFailed`` for a missing, unknown or revoked key."""
         ...
@@ -119,6 +141,7 @@ class OpenGate:
     ANONYMOUS = Principal(key_id=None, name="anonymous")
 
     def __init__(self) -> None:
+        self.open_mode = True
         self.records: list[UsageRecord] = []
         self._idempotent: dict[tuple[str, str], StoredResponse] = {}
 

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from retouch.accounting.gate import UsageQuery, UsageRecord
 from retouch.accounting.tables import api_keys, usage_records
 from retouch.errors import InvalidValue
+from retouch.integers import ascii_int
 
 BUCKET_SECONDS = {"1m": 60, "1h": 3600, "1d": 86400}
 # OpenAI's limits on the number of buckets per page: (default, max).
@@ -150,9 +151,10 @@ def _page_window(query: UsageQuery, now: int) -> tuple[int, int, int, bool]:
         raise InvalidValue("'end_time' must be after 'start_time'.", param="end_time")
     first = query.start_time
     if query.page is not None:
-        if not query.page.isdigit() or int(query.page) < query.start_time:
+        cursor = ascii_int(query.page)
+        if cursor is None or cursor < query.start_time:
             raise InvalidValue("Invalid 'page' cursor.", param="page")
-        first = int(query.page)
+        first = cursor
         first = query.start_time + (first - query.start_time) // width * width
     total = math.ceil((end - first) / width)
     count = max(0, min(limit, total))

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from retouch.accounting.gate import Principal
+from retouch.accounting.gate import Principal, serving_check
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
 from retouch.api.edits import create_edit
@@ -38,9 +38,10 @@ from retouch.bootstrap import (
     sweep_blobs,
 )
 from retouch.config import ModelSettings, Settings
-from retouch.engine.registry import license_of
+from retouch.engine.licences import license_of
 from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
+from retouch.integers import ascii_int
 from retouch.service.describe import model_capabilities
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,12 @@ def build_app(
     gate_factory: GateFactory = open_gate,
 ) -> Starlette:
     """``engines``: already loaded engines by model name (``retouch serve`` loads them before
-    the server starts; tests inject fakes this way); the others are built and loaded here."""
+    the server starts; tests inject fakes this way); the others are built and loaded here.
+
+    Safe by default: without keys (the open gate, or a database gate holding none) the app
+    refuses to serve on a non-loopback ``settings.host`` unless ``settings.insecure``."""
+    if gate_factory is open_gate:  # known open before start-up: say so at once
+        serving_check(settings, has_keys=False)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,11 +146,11 @@ async def get_model(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     services = _services(request)
     key = request.path_params["key"]
-    expires_raw = request.query_params.get("expires", "")
+    expires = ascii_int(request.query_params.get("expires"))
     signature = request.query_params.get("sig", "")
-    if not expires_raw.isdigit() or not services.signer.verify(key, int(expires_raw), signature):
+    if expires is None or not services.signer.verify(key, expires, signature):
         raise PermissionDenied("Invalid or tampered link signature.", code="invalid_signature")
-    if int(expires_raw) < time.time():
+    if expires < time.time():
         raise NotFound("This link has expired.", code="expired")
     blob = await asyncio.to_thread(services.store.get, key)
     if blob is None:

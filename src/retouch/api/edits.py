@@ -22,13 +22,14 @@ from retouch.api.responses import PiecesResponse
 from retouch.api.sse import EventStreamResponse
 from retouch.config import Settings
 from retouch.errors import ClientLeft, InvalidRequest, PayloadTooLarge
+from retouch.integers import ascii_int
 from retouch.service.admission import Admission
-from retouch.service.edits import EditService, PreparedEdit
 from retouch.service.form import EditForm
-from retouch.service.relay import PreparedRelay
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: the HTTP layer does not import the service's machinery
     from retouch.bootstrap import Services
+    from retouch.service.edits import EditService, PreparedEdit
+    from retouch.service.relay import PreparedRelay
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ async def read_form(
     http(s) ``image_url``s of a JSON body are fetched after the receipt deadline (it is the
     client's time to send, not ours to download), unless ``fetch.image_urls`` is off."""
     limits = settings.limits
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+    length = ascii_int(request.headers.get("content-length"))
+    if length is not None and length > limits.max_body_bytes:
         raise PayloadTooLarge(
-            f"The request body ({int(length):,} bytes) is larger than the "
+            f"The request body ({length:,} bytes) is larger than the "
             f"{limits.max_body_bytes:,} bytes allowed."
         )
     content_type = request.headers.get("content-type", "")

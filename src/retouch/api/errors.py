@@ -16,10 +16,15 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+def error_bytes(exc: RetouchError) -> bytes:
+    """The envelope's bytes (also written by the HTTP server for errors it answers itself)."""
+    return orjson.dumps(exc.body())
+
+
 def error_response(exc: RetouchError, extra_headers: dict[str, str] | None = None) -> Response:
     headers = {**(extra_headers or {}), **exc.headers}
     return Response(
-        orjson.dumps(exc.body()), status_code=exc.status, headers=headers,
+        error_bytes(exc), status_code=exc.status, headers=headers,
         media_type="application/json",
     )  # fmt: skip
 

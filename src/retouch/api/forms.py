@@ -36,10 +36,11 @@ from retouch.errors import (
 )
 from retouch.net.fetch import ByteBudget, Fetcher, FetchFailed, FetchPolicy
 from retouch.service.admission import Admission
-from retouch.service.form import EditForm, Upload
+from retouch.service.form import EditForm
 from retouch.service.params import ALLOWED_FIELDS
+from retouch.types import Upload
 
-_IMAGE = re.compile(r"^image(?:\[\]|\[(\d{1,3})\]|\.(\d{1,3})(?:\.items)?)?$")
+_IMAGE = re.compile(r"^image(?:\[\]|\[([0-9]{1,3})\]|\.([0-9]{1,3})(?:\.items)?)?$")
 _MASK = {"mask", "mask[]"}
 _TEXT_FIELDS = frozenset().union(*ALLOWED_FIELDS.values(), {"response_format"})
 
@@ -72,10 +73,15 @@ class _FormBuilder:
         self.text_parts = 0
         self.indexed: list[tuple[int, Upload]] = []
         self.bare_image_parts = 0
+        self.ended = False
+        """The closing boundary was seen (python-multipart's ``finalize`` does not check it)."""
 
     # python-multipart callbacks -----------------------------------------------------------
     def on_part_begin(self) -> None:
         self.part = _Part()
+
+    def on_end(self) -> None:
+        self.ended = True
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self.part.header_field += data[start:end]
@@ -255,7 +261,7 @@ async def read_multipart(
         name: getattr(builder, name)
         for name in (
             "on_part_begin", "on_part_data", "on_part_end", "on_header_field",
-            "on_header_value", "on_header_end",
+            "on_header_value", "on_header_end", "on_end",
         )
     }  # fmt: skip
     try:
@@ -284,10 +290,14 @@ async def read_multipart(
             raise InvalidRequest("The multipart body is malformed.") from None
     if admission is not None and admission.refusal is not None:
         raise admission.refusal
-    try:
-        parser.finalize()
-    except Exception:
-        raise InvalidRequest("The multipart body is malformed or truncated.") from None
+    parser.finalize()
+    if not builder.ended:
+        # A cut-off body would otherwise lose its last part (say output_format=webp) silently.
+        raise InvalidRequest(
+            "The multipart body ended before its closing boundary: the request was truncated "
+            "and is not a complete multipart/form-data message.",
+            code="truncated_body",
+        )
     return builder.finish()
 
 

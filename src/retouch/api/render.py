@@ -13,7 +13,7 @@ import orjson
 
 from retouch.protocol import ErrorEvent, ErrorObject, ImagesResponse
 from retouch.protocol.images import _ImageEvent
-from retouch.service.relay import RelayedBody
+from retouch.upstream import RelayedBody
 
 KEEPALIVE = b": ping\n\n"
 """An SSE comment: keeps proxies from closing an idle stream; clients ignore it."""

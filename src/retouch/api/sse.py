@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from retouch.api import render
-from retouch.service.edits import KeepAlive, StreamItem
+from retouch.service.stream import KeepAlive, StreamItem
 from retouch.upstream import RelayEvent
+
+log = logging.getLogger(__name__)
 
 
 class EventStreamResponse(StreamingResponse):
@@ -45,6 +49,8 @@ class EventStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except ClientDisconnect:  # ASGI 2.4 servers report a gone client through send()
+            log.info("client left during its stream (%s)", scope.get("state", {}).get("request_id"))
         finally:
             await asyncio.shield(self._close())
 

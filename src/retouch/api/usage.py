@@ -19,16 +19,17 @@ from starlette.responses import Response
 from retouch.accounting.gate import BucketWidth, Gate, GroupField, UsageQuery
 from retouch.api.auth import authenticate
 from retouch.errors import InvalidValue, MissingParameter, UnknownParameter
+from retouch.integers import ascii_int
 
 _LISTS = ("group_by", "models", "user_ids", "api_key_ids")
 _SCALARS = ("start_time", "end_time", "bucket_width", "limit", "page")
 
 
 def _int(raw: str, name: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidValue(f"Invalid '{name}': expected an integer, got '{raw[:40]}'.", param=name) from None
+    value = ascii_int(raw, signed=True)
+    if value is None:
+        raise InvalidValue(f"Invalid '{name}': expected an integer, got '{raw[:40]}'.", param=name)
+    return value
 
 
 def parse_query(request: Request) -> UsageQuery:

@@ -14,12 +14,13 @@ steps; everything here is the part that is identical for all three:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retouch.config import ModelSettings
+from retouch.engine.batching import Coalescer, Member
 from retouch.engine.classic.matting import extract_foreground
 from retouch.engine.types import (
     EditJob,
@@ -43,6 +45,7 @@ from retouch.engine.types import (
 from retouch.engine.weights import resolve_weights
 from retouch.errors import Cancelled, EngineFailed
 from retouch.imaging.encode import fit, flatten
+from retouch.integers import ascii_int
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,15 @@ class EngineOptions(BaseModel):
         "= 0.05} or {kind = 'taylorseer', cache_interval = 5, max_order = 1, "
         "disable_cache_before_step = 3}.",
     )
+    batch_max_size: int = Field(
+        1, ge=1, le=64,
+        description="Cross-request batching: most concurrent requests run as one pipeline call "
+        "(1 = off); needs workers >= batch_max_size. SD inpainting and FLUX.1-Kontext only.",
+    )  # fmt: skip
+    batch_window_ms: float = Field(
+        20.0, ge=0, le=2000,
+        description="How long the first request of a batch waits for others to join.",
+    )  # fmt: skip
     warmup_sizes: list[str] = Field(
         default_factory=list,
         description="Generation sizes 'WxH' run once at start-up (compile each shape early).",
@@ -147,7 +159,8 @@ class EngineOptions(BaseModel):
     def _sizes(cls, sizes: list[str]) -> list[str]:
         for size in sizes:
             w, x, h = size.partition("x")
-            if not (x and w.isdigit() and h.isdigit() and int(w) > 0 and int(h) > 0):
+            width, height = ascii_int(w), ascii_int(h)
+            if not (x and width and height):
                 raise ValueError(f"warmup size {size!r} is not WIDTHxHEIGHT")
         return sizes
 
@@ -294,6 +307,12 @@ def request_seed(job_seed: int, configured: int | None) -> int:
     return base + job_seed
 
 
+def batch_generators(jobs: list[EditJob], configured: int | None) -> list[torch.Generator]:
+    """Each job's own generators, in batch order: a batched job gets the noise it would get
+    alone."""
+    return [g for job in jobs for g in cpu_generators(request_seed(job.seed, configured), job.n)]
+
+
 def cpu_generators(seed: int, n: int) -> list[torch.Generator]:
     """One generator per output image (seed + index), on the CPU so a seed gives the same
     noise on any device."""
@@ -305,6 +324,9 @@ class DiffusersEngine:
 
     defaults: FamilyDefaults
     family: str
+    batches = False
+    """Whether the family's pipelines take per-request inputs on their batch dimension
+    (``_generate_batch``); the others run one request per call."""
 
     def __init__(self, model: ModelSettings) -> None:
         self.model = model
@@ -329,14 +351,38 @@ class DiffusersEngine:
         self.steps_run = 0
         """Denoising steps completed, over all jobs (tests and metrics)."""
         self.cancelled_runs = 0
+        self.coalescer: Coalescer | None = None
+        if self.options.batch_max_size > 1:
+            self.coalescer = Coalescer(
+                self.options.batch_max_size, self.options.batch_window_ms / 1000, self._run_group
+            )
 
     # -- the Engine protocol --------------------------------------------------------------------
 
     def load(self) -> None:
-        if self.model.workers != 1:
+        batch = self.options.batch_max_size
+        if batch > 1 and not self.batches:
+            raise EngineLoadError(
+                f"model {self.model.name!r}: the {self.family} engine does not batch across "
+                "requests (its pipeline takes one set of input images per call); remove "
+                "batch_max_size"
+            )
+        if batch > 1 and self.options.cache is not None:
+            raise EngineLoadError(
+                f"model {self.model.name!r}: cache and batch_max_size cannot be combined: a "
+                "step cache decides what to skip from the whole batch's latents, so one "
+                "request would change another's image"
+            )
+        if batch > 1 and self.model.workers < batch:
+            raise EngineLoadError(
+                f"model {self.model.name!r}: batch_max_size = {batch} needs workers >= {batch} "
+                "so that concurrent requests reach the engine together"
+            )
+        if batch == 1 and self.model.workers != 1:
             raise EngineLoadError(
                 f"model {self.model.name!r}: a diffusers pipeline runs one job at a time; set "
-                "workers = 1 (configure a second model on another device for parallel jobs)"
+                "workers = 1 (configure a second model on another device for parallel jobs, "
+                "or batch_max_size to batch concurrent requests)"
             )
         self.folder = resolve_weights(self.model, allow_download=self.options.allow_download)
         log.info("loading %s (%s) from %s on %s as %s", self.model.name, self.family,
@@ -357,21 +403,62 @@ class DiffusersEngine:
         return None
 
     def run(self, job: EditJob, progress: Progress) -> EditOutput:
+        if self.coalescer is not None:
+            key = self.batch_key(job)
+            if key is not None:
+                return self.coalescer.submit(key, job, progress)
         with self._lock:  # diffusers pipelines keep per-call state: never two calls at once
             progress.check()
-            try:
+            with self._failures(job):
                 return self._generate(job, progress)
-            except Cancelled:
-                self.cancelled_runs += 1
-                raise
-            except torch.cuda.OutOfMemoryError as exc:
-                self._free_memory()
-                raise EngineFailed(
-                    f"The model '{self.model.name}' ran out of GPU memory for this request "
-                    f"(size {job.size[0]}x{job.size[1]}, n={job.n}); try a smaller size or n."
-                ) from exc
+
+    @contextlib.contextmanager
+    def _failures(self, job: EditJob) -> Iterator[None]:
+        try:
+            yield
+        except Cancelled:
+            self.cancelled_runs += 1
+            raise
+        except torch.cuda.OutOfMemoryError as exc:
+            self._free_memory()
+            raise EngineFailed(
+                f"The model '{self.model.name}' ran out of GPU memory for this request "
+                f"(size {job.size[0]}x{job.size[1]}, n={job.n}); try a smaller size or n."
+            ) from exc
+
+    def batch_key(self, job: EditJob) -> Hashable | None:
+        """What must be equal for two jobs to share one pipeline call, or None to run alone:
+        the path (mask / start image or not), generation size, steps, strength, guidance and
+        the partial-image count (previews come at the same steps). ``n > 1`` runs alone: the
+        pipelines repeat per-request images and prompts in different orders."""
+        if job.n != 1:
+            return None
+        plan = self.plan(job)
+        return (self._path(job), plan.size, plan.steps, plan.strength, plan.guidance_scale,
+                job.partial_images)  # fmt: skip
+
+    def _path(self, job: EditJob) -> str:
+        return "masked" if job.mask is not None else "plain"
+
+    def _run_group(self, members: list[Member]) -> None:
+        """One pipeline call for a group from the coalescer (on its batch thread)."""
+        with self._lock:
+            live = [m for m in members if not m.progress.cancelled]
+            if len(live) == 1:  # exactly today's single-request call
+                with self._failures(live[0].job):
+                    live[0].finish(self._generate(live[0].job, live[0].progress))
+            elif live:
+                with self._failures(live[0].job):
+                    outputs = self._generate_batch(live)
+                for member, output in zip(live, outputs, strict=True):
+                    member.finish(output)
+        for m in members:
+            if not m.done.is_set():
+                m.finish(error=Cancelled())
 
     def close(self) -> None:
+        if self.coalescer is not None:
+            self.coalescer.close()
         self._release_pipelines()
         self._free_memory()
 
@@ -384,6 +471,10 @@ class DiffusersEngine:
         raise NotImplementedError
 
     def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
+        raise NotImplementedError
+
+    def _generate_batch(self, members: list[Member]) -> list[EditOutput]:
+        """Several jobs with the same ``batch_key`` in one pipeline call (``batches``)."""
         raise NotImplementedError
 
     def _warmup_job(self, size: tuple[int, int]) -> EditJob:

@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
+from retouch.engine.options import StrictOptions, parse_options
 from retouch.engine.types import (
     EditJob,
     EditOutput,
@@ -24,16 +26,22 @@ from retouch.engine.types import (
 from retouch.imaging.encode import fit
 
 
+class EchoOptions(StrictOptions):
+    delay_s: float = Field(0.0, ge=0, description="Seconds of simulated work per request.")
+    steps: int = Field(4, ge=1, description="Steps the work is split into (partial images).")
+    fail: bool = Field(False, description="Raise inside the engine on every request.")
+
+
 class EngineCrashed(RuntimeError):
     """The simulated failure of the ``fail`` option."""
 
 
 class EchoEngine:
     def __init__(self, name: str = "echo", options: dict[str, Any] | None = None) -> None:
-        opts = options or {}
-        self.delay_s = float(opts.get("delay_s", 0.0))
-        self.steps = max(1, int(opts.get("steps", 4)))
-        self.fail = bool(opts.get("fail", False))
+        opts = parse_options(EchoOptions, options, name=name, engine="echo")
+        self.delay_s = opts.delay_s
+        self.steps = opts.steps
+        self.fail = opts.fail
         self.info = EngineInfo(name=name, description="Returns the input image unchanged.")
         self.runs = 0
         self.cancelled_runs = 0

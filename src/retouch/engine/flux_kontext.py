@@ -19,10 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from retouch.engine.batching import GroupProgress, Member
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
     FamilyDefaults,
     accelerate,
+    batch_generators,
     cpu_generators,
     diffusers_mask,
     pil_rgb,
@@ -49,6 +51,7 @@ KONTEXT_DEFAULTS = FamilyDefaults(
 class FluxKontextEngine(DiffusersEngine):
     defaults = KONTEXT_DEFAULTS
     family = "flux-kontext"
+    batches = True  # one context image per batch row, prompts and generators per row
 
     pipe: Any = None
     inpaint: Any = None
@@ -66,6 +69,9 @@ class FluxKontextEngine(DiffusersEngine):
 
     def _release_pipelines(self) -> None:
         self.pipe = self.inpaint = None
+
+    def _path(self, job: EditJob) -> str:
+        return "masked" if job.mask is not None or job.input_fidelity == "high" else "plain"
 
     def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
         o = self.options
@@ -111,3 +117,44 @@ class FluxKontextEngine(DiffusersEngine):
 
         # 4. Back to the requested size; pixels outside the mask come from the input exactly.
         return self.output(job, to_pixels(result.images), tap.steps_done)
+
+    def _generate_batch(self, members: list[Member]) -> list[EditOutput]:
+        """Jobs of one ``batch_key`` as one call: row i is job i's prompt, context image, mask
+        and generator (the Kontext pipelines pair a list of images with a list of prompts)."""
+        o, jobs = self.options, [m.job for m in members]
+        masked = self._path(jobs[0]) == "masked"
+        plan = self.plan(jobs[0])
+        width, height = plan.size
+        pipe = self.inpaint if masked else self.pipe
+        tap = DenoiseTap(
+            progress=GroupProgress(members),
+            steps=steps_run(plan.steps, plan.strength) if masked else plan.steps,
+            partial_images=jobs[0].partial_images,
+            decode=kontext_decoder(pipe, plan.size, o.preview_downscale),
+            flow=True,
+            on_step=self.count_step,
+            outputs=[(m.progress, row) for row, m in enumerate(members)],
+        )
+        common: dict[str, Any] = {
+            "prompt": [j.prompt for j in jobs],
+            "image": [pil_rgb(j.images[0], plan.size) for j in jobs],
+            "height": height,
+            "width": width,
+            "max_area": width * height,
+            "_auto_resize": False,
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "generator": batch_generators(jobs, o.seed),
+            "output_type": "np",
+            "callback_on_step_end": tap,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+            "max_sequence_length": o.max_sequence_length or 512,
+        }
+        with tap.watching(pipe.transformer, cache_context=True):
+            if masked:
+                masks = [diffusers_mask(j.mask, plan.size) for j in jobs]
+                result = pipe(mask_image=masks, strength=plan.strength, **common)
+            else:
+                result = pipe(**common)
+        images = to_pixels(result.images)
+        return [self.output(j, [images[row]], tap.steps_done) for row, j in enumerate(jobs)]

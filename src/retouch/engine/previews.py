@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,8 +60,13 @@ class DenoiseTap:
         decode: Decoder,
         flow: bool,
         on_step: Callable[[], None],
+        outputs: Sequence[tuple[Progress, int]] | None = None,
     ) -> None:
+        """``outputs``: where partial images go, as (progress, batch row) pairs; default the
+        first image of the call to ``progress``. A batched call lists each request's first row
+        and passes the group's progress (cancelled only when all members are)."""
         self.progress = progress
+        self.outputs = list(outputs) if outputs is not None else [(progress, 0)]
         self.emit = preview_steps(steps, partial_images)
         self.decode = decode
         self.flow = flow
@@ -105,18 +110,21 @@ class DenoiseTap:
         return tensors
 
     def _publish(self, pipe: Any, latents: torch.Tensor) -> None:
-        try:
-            x = latents[:1]
-            if self.flow and self._x_in is not None:
-                x = flow_x0(pipe.scheduler, x, self._x_in[:1])
-            image = self.decode(x, self._kwargs)
-        except Cancelled:
-            raise
-        except Exception:  # a preview must never cost the client its edit
-            log.exception("partial image decode failed; no more partials for this job")
-            self._broken = True
-            return
-        self.progress.partial(image)
+        for progress, row in self.outputs:
+            if progress.cancelled:
+                continue
+            try:
+                x = latents[row : row + 1]
+                if self.flow and self._x_in is not None:
+                    x = flow_x0(pipe.scheduler, x, self._x_in[row : row + 1])
+                image = self.decode(x, self._kwargs)
+            except Cancelled:
+                raise
+            except Exception:  # a preview must never cost the client its edit
+                log.exception("partial image decode failed; no more partials for this job")
+                self._broken = True
+                return
+            progress.partial(image)
 
 
 def reset_step_cache(denoiser: Any) -> None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from retouch.engine.batching import GroupProgress, Member
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
     FamilyDefaults,
     accelerate,
+    batch_generators,
     cpu_generators,
     diffusers_mask,
     pil_rgb,
@@ -49,6 +51,7 @@ NO_MASK_STRENGTH = {"low": 0.75, "high": 0.5}
 class SDInpaintEngine(DiffusersEngine):
     defaults = SD_DEFAULTS
     family = "sd-inpaint"
+    batches = True  # prompts, images, masks and generators are all per batch row
 
     pipe: Any = None
 
@@ -106,3 +109,38 @@ class SDInpaintEngine(DiffusersEngine):
 
         # 4. Back to the requested size; pixels outside the mask come from the input exactly.
         return self.output(job, to_pixels(result.images), tap.steps_done)
+
+    def _generate_batch(self, members: list[Member]) -> list[EditOutput]:
+        """Jobs of one ``batch_key`` (same path, size, steps, strength, n = 1) as one call:
+        row i is job i's prompt, image, mask and generator."""
+        o, pipe, jobs = self.options, self.pipe, [m.job for m in members]
+        plan = self.plan(jobs[0])
+        strength = plan.strength if jobs[0].mask is not None else NO_MASK_STRENGTH[jobs[0].input_fidelity]
+        width, height = plan.size
+        tap = DenoiseTap(
+            progress=GroupProgress(members),
+            steps=steps_run(plan.steps, strength),
+            partial_images=jobs[0].partial_images,
+            decode=sd_decoder(pipe, o.preview_downscale),
+            flow=False,
+            on_step=self.count_step,
+            outputs=[(m.progress, row) for row, m in enumerate(members)],
+        )
+        with tap.watching(pipe.unet):
+            result = pipe(
+                prompt=[j.prompt for j in jobs],
+                negative_prompt=None if o.negative_prompt is None else [o.negative_prompt] * len(jobs),
+                image=[pil_rgb(j.images[0], plan.size) for j in jobs],
+                mask_image=[diffusers_mask(j.mask, plan.size) for j in jobs],
+                height=height,
+                width=width,
+                strength=strength,
+                num_inference_steps=plan.steps,
+                guidance_scale=plan.guidance_scale,
+                generator=batch_generators(jobs, o.seed),
+                output_type="np",
+                callback_on_step_end=tap,
+                callback_on_step_end_tensor_inputs=["latents"],
+            )
+        images = to_pixels(result.images)
+        return [self.output(j, [images[row]], tap.steps_done) for row, j in enumerate(jobs)]

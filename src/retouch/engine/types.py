@@ -17,10 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-import numpy as np
-import numpy.typing as npt
+from retouch.types import Pixels as Pixels  # re-exported: engines speak it
 
-Pixels = npt.NDArray[np.uint8]
 Quality = Literal["low", "medium", "high"]
 Fidelity = Literal["low", "high"]
 Background = Literal["transparent", "opaque", "auto"]

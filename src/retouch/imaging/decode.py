@@ -19,9 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile
 
-from retouch.engine.types import Pixels
 from retouch.errors import InvalidImage, InvalidMask, PayloadTooLarge
-from retouch.service.form import Upload
+from retouch.types import Pixels, Upload
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # Our own caps run first; this only backs them up for code paths that skip them.

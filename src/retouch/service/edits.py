@@ -48,25 +48,17 @@ from retouch.service.admission import Admission, UploadBudget
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, to_edit_params
-from retouch.service.relay import PreparedRelay, RelayedBody, RelayService
+from retouch.service.relay import PreparedRelay, RelayService
+from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
-from retouch.upstream import RelayEvent
+from retouch.upstream import RelayedBody
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class KeepAlive:
-    """Yielded by ``stream`` when nothing happened for ``keepalive_s`` (an SSE comment)."""
-
-
-KEEPALIVE = KeepAlive()
-StreamItem = (
-    ImageEditPartialImageEvent | ImageEditCompletedEvent | ErrorEvent | KeepAlive | RelayEvent
-)
-"""``RelayEvent``: an upstream's frame, relayed unchanged (``service.relay``)."""
 
 _INTERNAL = ErrorObject(
     message="The server failed while streaming the result.",

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from retouch.types import Upload
 
-@dataclass(frozen=True)
-class Upload:
-    """One uploaded file (or decoded data URL)."""
-
-    param: str
-    """How errors name it: ``image``, ``image[2]`` or ``mask``."""
-    filename: str
-    content_type: str | None
-    data: bytes
+__all__ = ["EditForm", "Upload"]  # Upload lives in the leaf ``retouch.types``
 
 
 @dataclass

@@ -21,6 +21,7 @@ from typing import Literal, cast
 from retouch.config import ApiFamily, Limits
 from retouch.engine.types import Background, Fidelity, Quality
 from retouch.errors import InvalidValue, MissingParameter, UnknownParameter
+from retouch.integers import ascii_int
 from retouch.service.form import EditForm
 
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -93,14 +94,13 @@ def _int(fields: dict[str, str], name: str, default: int, low: int, high: int) -
     raw = fields.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
+    value = ascii_int(raw, signed=True)
+    if value is None:
         raise InvalidValue(
             f"Invalid type for '{name}': expected an integer, but got '{raw[:40]}' instead.",
             param=name,
             code="invalid_type",
-        ) from None
+        )
     if not low <= value <= high:
         raise InvalidValue(
             f"Invalid '{name}': {value} is out of range; it must be between {low} and {high}.",

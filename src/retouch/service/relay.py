@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import orjson
@@ -49,12 +49,10 @@ from retouch.scheduler.upstream import UpstreamBackend
 from retouch.service.admission import Admission
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import EditParams
+from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
-from retouch.upstream import RelayEvent, RelayRequest
-
-if TYPE_CHECKING:
-    from retouch.service.edits import StreamItem
+from retouch.upstream import RelayedBody, RelayEvent, RelayRequest
 
 log = logging.getLogger(__name__)
 OffLoop = Callable[..., Awaitable[Any]]
@@ -63,13 +61,6 @@ _INTERNAL = ErrorObject(
     message="The server failed while relaying the stream.", type="server_error", param=None,
     code="internal_error",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RelayedBody:
-    """An upstream's ``ImagesResponse`` body, to be sent as it is (links already mirrored)."""
-
-    body: bytes
 
 
 @dataclass
@@ -234,8 +225,6 @@ class RelayService:
     async def stream(self, p: PreparedRelay) -> AsyncIterator[StreamItem]:
         """The upstream's SSE frames as they arrive (``RelayEvent``, sent unchanged);
         ``KEEPALIVE`` while it is silent; usage from its ``*.completed`` events."""
-        from retouch.service.edits import KEEPALIVE  # edits imports this module
-
         assert p.response is not None
         events = p.backend.client.events(p.response)
         pending: asyncio.Future[RelayEvent | None] | None = None

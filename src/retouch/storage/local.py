@@ -9,7 +9,7 @@ from pathlib import Path
 
 from retouch.storage.base import Blob
 
-_KEY = re.compile(r"^(\d{10,12})_([A-Za-z0-9_-]{22,64})\.(png|jpeg|webp)$")
+_KEY = re.compile(r"^([0-9]{10,12})_([A-Za-z0-9_-]{22,64})\.(png|jpeg|webp)$")
 _TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 

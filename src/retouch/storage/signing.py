@@ -4,10 +4,38 @@ time, with several keys so they can be rotated (the first signs, all verify)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
+import os
 import secrets
 from pathlib import Path
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The key in ``path``, created on first use so that processes starting together agree.
+
+    The new key is written to a private temporary file (``O_CREAT|O_EXCL``, mode 0600, never
+    readable by others even briefly) and published with ``link()``, which fails if the name
+    exists: exactly one process wins, and no process can read a half-written key.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(secrets.token_urlsafe(32))
+                file.flush()
+                os.fsync(file.fileno())
+            with contextlib.suppress(FileExistsError):  # another process won: use its key
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text().strip()
+    if not key:
+        raise ValueError(f"the URL signing key file {path} is empty; delete it to make a new one")
+    return key.encode()
 
 
 class UrlSigner:
@@ -20,12 +48,7 @@ class UrlSigner:
     def from_settings(cls, configured: list[str], data_dir: Path) -> UrlSigner:
         if configured:
             return cls([k.encode() for k in configured])
-        path = data_dir / "signing.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(32))
-            path.chmod(0o600)
-        return cls([path.read_text().strip().encode()])
+        return cls([load_or_create_key(data_dir / "signing.key")])
 
     @staticmethod
     def _mac(key: bytes, blob_key: str, expires: int) -> str:

@@ -69,6 +69,13 @@ class RelayEvent:
     """The ``data:`` lines, joined."""
 
 
+@dataclass(frozen=True)
+class RelayedBody:
+    """An upstream's ``ImagesResponse`` body, to be sent as it is (links already mirrored)."""
+
+    body: bytes
+
+
 class UpstreamClient:
     def __init__(
         self, name: str, settings: UpstreamSettings, environ: Mapping[str, str] = os.environ

@@ -1,0 +1,266 @@
+"""The HTTP server: uvicorn with a guarded h11 protocol, configured in one place.
+
+``server_config`` builds the ``uvicorn.Config`` that ``retouch serve`` runs and that the tests
+start (``tests/live.py``), so the hostile-client tests exercise the production configuration.
+
+uvicorn alone leaves three gaps that a public server must close (see README, "The HTTP
+server"); ``GuardedH11Protocol`` closes them in the protocol, below the ASGI app, where a
+client that never finishes its request head can be seen at all:
+
+* **Header deadline.** uvicorn's keep-alive timer is reset by every byte, and there is no
+  timer while a request head trickles in, so a slow-loris client holds a connection forever.
+  Here a connection must deliver a complete request head within ``header_timeout_s`` of
+  opening (or of its previous response ending); otherwise it gets a 408 and is closed.
+* **Close after an unread body.** When the app answers before the request body was received
+  (413 on ``Content-Length``, the 408 receipt deadline), uvicorn keeps the connection and
+  drops further body bytes, so a trickling client keeps it open. Here the connection closes.
+* **Connection cap.** ``limit_concurrency`` is checked only when a request head is complete,
+  so half-sent heads exhaust file descriptors first and then nothing (``/healthz`` included)
+  is accepted. Here, at ``max_connections``, the oldest connection still sending its head is
+  dropped to make room; when every connection is busy with a request, the newcomer gets a 503.
+
+Errors the HTTP layer answers itself (a malformed request line, headers too large, a body
+longer than declared, which reads as a bad next request) use OpenAI's envelope, like the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import resource
+import uuid
+import weakref
+from typing import Any, ClassVar
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+from retouch.api.errors import error_bytes
+from retouch.config import ServerSettings, Settings
+from retouch.errors import RetouchError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+_RESERVED_FDS = 128
+"""File descriptors kept for the server itself (database, blobs, models, logs)."""
+_AUTO_MAX_CONNECTIONS = 10_000
+
+
+class HeadTimeout(RetouchError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class BadHttpRequest(RetouchError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_http_request"
+
+
+class HeadTooLarge(BadHttpRequest):
+    status = 431
+    code = "request_header_too_large"
+
+
+class TooManyConnections(ServiceUnavailable):
+    code = "too_many_connections"
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            501: b"Not Implemented", 503: b"Service Unavailable"}  # fmt: skip
+
+
+def _raw_response(exc: RetouchError) -> bytes:
+    """A complete HTTP/1.1 response in the envelope, ending the connection. Written raw: the
+    h11 state machine may be in ERROR, and the connection closes right after anyway."""
+    body = error_bytes(exc)
+    headers = [
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        b"x-request-id: req_" + uuid.uuid4().hex.encode(),
+        b"x-content-type-options: nosniff",
+        *(f"{k}: {v}".encode("latin-1") for k, v in exc.headers.items()),
+    ]
+    reason = _REASONS.get(exc.status, b"Error")
+    return b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (exc.status, reason, b"\r\n".join(headers), body)
+
+
+class _Connection(h11.Connection):
+    """h11's connection, keeping the last protocol error (uvicorn reports them all as one
+    generic 400; the hint tells 431 from 400)."""
+
+    last_error: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.last_error = exc
+            raise
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header deadline, close-after-unread-body and a
+    connection cap (module docstring). Configure with ``protocol_class(settings)``."""
+
+    guards: ClassVar[ServerSettings] = ServerSettings()
+    max_connections: ClassVar[int] = _AUTO_MAX_CONNECTIONS
+    _waiting: ClassVar[weakref.WeakKeyDictionary[ServerState, dict[GuardedH11Protocol, None]]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
+        self.conn = self._h11
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # -- which connections are still sending a request head (oldest first) ---------------------
+    def _waiting_heads(self) -> dict[GuardedH11Protocol, None]:
+        return type(self)._waiting.setdefault(self.server_state, {})
+
+    def _await_head(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.guards.header_timeout_s, self._head_timed_out)
+        self._waiting_heads()[self] = None
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._waiting_heads().pop(self, None)
+
+    def _refuse(self, exc: RetouchError) -> None:
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(_raw_response(exc))
+            self.transport.close()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        log.info("closing %s: no complete request head in %.0f s", self.client, self.guards.header_timeout_s)
+        self._refuse(
+            HeadTimeout(
+                f"The request head was not received within {self.guards.header_timeout_s:.0f} s."
+            )
+        )
+
+    # -- uvicorn's protocol hooks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections and not self._make_room():
+            log.warning("refusing a connection: %d open (max_connections)", len(self.connections) - 1)
+            self._refuse(
+                TooManyConnections(
+                    "The server has too many open connections; retry shortly.",
+                    headers={"retry-after": "1"},
+                )
+            )
+            return
+        self._await_head()
+
+    def _make_room(self) -> bool:
+        """Drop the oldest connection still sending its request head; False if there is none
+        (every open connection is busy with a request)."""
+        waiting = self._waiting_heads()
+        oldest = next(iter(waiting), None)
+        if oldest is None:
+            return False
+        log.info("dropping %s, still sending its request head, to make room", oldest.client)
+        oldest._refuse(
+            TooManyConnections(
+                "The server has too many open connections and closed this one, which had not "
+                "sent a complete request; retry shortly.",
+                headers={"retry-after": "1"},
+            )
+        )
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._cancel_head_timer()  # the request head is complete
+
+    def send_400_response(self, msg: str) -> None:
+        error = self._h11.last_error
+        hint = error.error_status_hint if error is not None else 400
+        detail = str(error) if error is not None and str(error) else "malformed request"
+        refusal: RetouchError
+        if hint == 431:
+            refusal = HeadTooLarge(
+                f"The request head is larger than the {self.guards.max_head_bytes:,} bytes allowed."
+            )
+        else:
+            refusal = BadHttpRequest(f"Invalid HTTP request: {detail}.")
+            refusal.status = hint if hint in _REASONS else 400
+        self._refuse(refusal)
+
+    def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # answered before the body arrived (413, 408): the rest would only be discarded
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._await_head()
+
+    def shutdown(self) -> None:
+        self._cancel_head_timer()
+        super().shutdown()
+
+
+GuardedH11Protocol._waiting = weakref.WeakKeyDictionary()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+    return soft
+
+
+def connection_cap(server: ServerSettings, open_files: int) -> int:
+    if server.max_connections:
+        return server.max_connections
+    return max(32, min(_AUTO_MAX_CONNECTIONS, open_files - _RESERVED_FDS))
+
+
+def protocol_class(server: ServerSettings, open_files: int) -> type[GuardedH11Protocol]:
+    """``GuardedH11Protocol`` bound to these settings (uvicorn instantiates the class)."""
+    attrs = {"guards": server, "max_connections": connection_cap(server, open_files)}
+    return type("RetouchH11Protocol", (GuardedH11Protocol,), attrs)
+
+
+def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration of ``retouch serve`` (tests pass ``port=0`` and log level)."""
+    server = settings.server
+    if server.raise_open_files_limit:
+        open_files = raise_open_files_limit()
+    else:
+        open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "http": protocol_class(server, open_files),
+        "h11_max_incomplete_event_size": server.max_head_bytes,
+        "timeout_keep_alive": server.keep_alive_s,
+        "lifespan": "on",
+        "ws": "none",  # no WebSocket routes: an upgrade request is an ordinary request
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)

@@ -1,0 +1,22 @@
+"""What ``EditService.stream`` yields: typed events, or a keep-alive (an SSE comment).
+
+A module of its own so that the HTTP layer can render the stream without importing the
+service's imaging and engine machinery."""
+
+from __future__ import annotations
+
+from retouch.protocol import ErrorEvent, ImageEditCompletedEvent, ImageEditPartialImageEvent
+from retouch.upstream import RelayEvent
+
+
+class KeepAlive:
+    """Yielded by ``stream`` when nothing happened for ``keepalive_s`` (an SSE comment)."""
+
+
+KEEPALIVE = KeepAlive()
+StreamItem = (
+    ImageEditPartialImageEvent | ImageEditCompletedEvent | ErrorEvent | KeepAlive | RelayEvent
+)
+"""``RelayEvent``: an upstream's frame, relayed unchanged (``service.relay``)."""
+
+__all__ = ["KEEPALIVE", "KeepAlive", "StreamItem"]
