@@ -636,9 +636,9 @@ async def test_json_body_with_data_urls(recording: tuple[Harness, RecordingEcho]
     ("images", "param", "code"),
     [
         ([{"file_id": "file-abc123"}], "images[0]", "unsupported_file_id"),
-        ([{"image_url": "https://example.com/a.png"}], "images[0]", "unsupported_image_url"),
-        ([{"image_url": "data:image/png;base64,%%%"}], "images[0]", "invalid_value"),
-        ([{"image_url": "data:image/png,plain"}], "images[0]", "invalid_value"),
+        ([{"image_url": "ftp://example.com/a.png"}], "images[0].image_url", "invalid_image_url"),
+        ([{"image_url": "data:image/png;base64,%%%"}], "images[0].image_url", "invalid_value"),
+        ([{"image_url": "data:image/png,plain"}], "images[0].image_url", "invalid_value"),
         ([{"image_url": "x", "file_id": "y"}], "images[0]", "unsupported_file_id"),
         ("not-a-list", "images", "invalid_value"),
         ([], "images", "invalid_value"),

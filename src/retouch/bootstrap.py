@@ -11,14 +11,16 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from retouch.accounting.gate import Gate, OpenGate, ServingRefused, serving_check
 from retouch.config import ModelSettings, Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
+from retouch.net.fetch import Fetcher
 from retouch.scheduler.base import Backend
 from retouch.scheduler.local import LocalBackend
+from retouch.scheduler.upstream import UpstreamBackend
 from retouch.service.edits import EditService
 from retouch.service.models import ModelRoutes
 from retouch.service.tokens import load_tokenizer
@@ -41,6 +43,8 @@ class Services:
     gate: Gate
     store: LocalBlobStore
     signer: UrlSigner
+    fetcher: Fetcher = field(default_factory=Fetcher)
+    """SSRF-safe downloads: ``image_url`` inputs and a relay's mirrored links."""
 
 
 async def open_gate(settings: Settings) -> Gate:
@@ -68,6 +72,11 @@ async def start_services(
     await asyncio.to_thread(load_tokenizer)
     backends: dict[str, Backend] = {}
     for model in settings.models:
+        if model.upstream is not None:  # a relay: a backend without an engine
+            backends[model.name] = UpstreamBackend(
+                model.name, model.upstream, max_queue=settings.queue.max_queue
+            )
+            continue
         engine = engines.get(model.name)
         if engine is None:
             engine = build_engine(model)
@@ -82,8 +91,9 @@ async def start_services(
             raise
     store = LocalBlobStore(settings.data_dir / "blobs")
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
-    edits = EditService(settings, routes, backends, gate, store, signer)
-    return Services(settings, routes, backends, edits, gate, store, signer)
+    fetcher = Fetcher()
+    edits = EditService(settings, routes, backends, gate, store, signer, fetcher=fetcher)
+    return Services(settings, routes, backends, edits, gate, store, signer, fetcher)
 
 
 async def stop_services(services: Services) -> None:

@@ -97,7 +97,7 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
         if model.engine == "classic":
             _pull_classic(model.name, model.options)
             return
-        if model.engine == "echo":
+        if model.engine in ("echo", "upstream"):
             raise click.ClickException(f"model {name!r} ({model.engine}) has no weights to pull")
         try:
             weights = weights_id(model)

@@ -11,17 +11,21 @@ from typing import Any
 
 import click
 
-from retouch.config import ModelSettings, Settings, load_settings
+from retouch.config import ModelSettings, Settings, UpstreamSettings, load_settings
 from retouch.engine.types import Engine, EngineLoadError
 
 
 def parse_model_flag(value: str) -> ModelSettings:
-    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``."""
+    """``NAME=ENGINE[:WEIGHTS]``, e.g. ``klein=flux2-klein:black-forest-labs/FLUX.2-klein-4B``,
+    or ``NAME=upstream:BASE_URL`` for a relay (more relay options in the TOML file)."""
     name, sep, rest = value.partition("=")
     engine, _, weights = rest.partition(":")
     if not sep or not name or not engine:
         raise click.BadParameter(f"expected NAME=ENGINE[:WEIGHTS], got {value!r}")
     try:
+        if engine == "upstream":
+            upstream = UpstreamSettings(base_url=weights)
+            return ModelSettings(name=name, engine="upstream", upstream=upstream)
         return ModelSettings(name=name, engine=engine, weights=weights or None)
     except Exception as exc:
         raise click.BadParameter(str(exc)) from None
@@ -45,6 +49,8 @@ def load_engines(settings: Settings) -> dict[str, Engine]:
 
     engines: dict[str, Engine] = {}
     for model in settings.models:
+        if model.engine == "upstream":  # a relay: nothing to load
+            continue
         try:
             engine = build_engine(model)
             engine.load()

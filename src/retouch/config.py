@@ -21,7 +21,9 @@ from pydantic_settings import (
 
 from retouch.families import ApiFamily
 
-EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext"]
+EngineKind = Literal[
+    "classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext", "upstream"
+]
 
 
 
@@ -141,6 +143,33 @@ class StorageSettings(_Group):
     )
 
 
+class FetchSettings(_Group):
+    """Server-side downloads: ``image_url`` inputs and mirrored upstream links (SSRF-safe)."""
+
+    image_urls: bool = Field(
+        True,
+        description="Accept http(s) URLs in the JSON body's image_url (OpenAI does) and fetch "
+        "them; false = data: URLs only.",
+    )
+    timeout_s: float = Field(
+        20.0, gt=0, description="Deadline for one download: resolution, redirects and body."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Deadline for one TCP/TLS connect.")
+    max_redirects: int = Field(5, ge=0, le=20, description="Most redirects followed per fetch.")
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Non-public networks (CIDR, e.g. 10.20.0.0/16) that may be fetched anyway; "
+        "private, loopback, link-local and similar addresses are refused otherwise.",
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
+
+
 class AccountSettings(_Group):
     db_threads: int = Field(
         8,
@@ -158,6 +187,50 @@ class AccountSettings(_Group):
         description="Largest response kept for Idempotency-Key replays; a larger one is not "
         "stored and a retry runs again.",
     )
+
+
+class UpstreamSettings(_Group):
+    """A relay to an OpenAI-compatible server (``engine = "upstream"``): see docs/gateway.md."""
+
+    base_url: str = Field(
+        description="The upstream API root, e.g. https://api.openai.com/v1 or "
+        "http://10.0.0.5:8000/v1 (another retouch)."
+    )
+    model: str | None = Field(
+        None, description="Model name sent upstream; default: the name the client sent."
+    )
+    api_key_env: str = Field(
+        "RETOUCH_UPSTREAM_API_KEY",
+        description="Environment variable holding the upstream API key (unset: no key sent).",
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Read timeout per upstream request (OpenAI's SDK uses 600 s)."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Connect timeout to the upstream.")
+    max_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries of requests the upstream never processed (connect failures, 429 "
+        "rate limits, 503), with backoff and its Retry-After.",
+    )
+    max_retry_after_s: float = Field(
+        10.0, ge=0, description="Longest upstream Retry-After waited for; longer ones pass on."
+    )
+    concurrency: int = Field(16, ge=1, description="Requests relayed at once.")
+    max_response_bytes: int = Field(
+        512 * 1024 * 1024, gt=0, description="Largest upstream response body accepted."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra headers sent upstream (e.g. OpenAI-Project)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"upstream base_url must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
 
 
 class ModelSettings(_Group):
@@ -196,6 +269,22 @@ class ModelSettings(_Group):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine-specific options (steps, compile, ...)."
     )
+    upstream: UpstreamSettings | None = Field(
+        None, description="Where an ``upstream`` model relays to (see UpstreamSettings)."
+    )
+    overflow: list[str] = Field(
+        default_factory=list,
+        description="Other configured models to send requests to, in order, when this one's "
+        "queue is full (e.g. a local engine overflowing to an upstream relay).",
+    )
+
+    @model_validator(mode="after")
+    def _upstream_configured(self) -> ModelSettings:
+        if (self.engine == "upstream") != (self.upstream is not None):
+            raise ValueError(
+                f"model {self.name!r}: engine 'upstream' and an [upstream] table go together"
+            )
+        return self
 
 
 def default_models() -> list[ModelSettings]:
@@ -238,6 +327,9 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(
         default_factory=StorageSettings, description="Blob storage and signed URLs."
     )
+    fetch: FetchSettings = Field(
+        default_factory=FetchSettings, description="Server-side downloads (image_url, mirrors)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
@@ -268,6 +360,18 @@ class Settings(BaseSettings):
                     raise ValueError(f"model name {name!r} is configured twice")
                 seen.add(name)
         return models
+
+    @model_validator(mode="after")
+    def _overflow_exists(self) -> Settings:
+        names = {m.name for m in self.models}
+        for m in self.models:
+            for target in m.overflow:
+                if target not in names or target == m.name:
+                    raise ValueError(
+                        f"model {m.name!r}: overflow target {target!r} is not another "
+                        "configured model"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _buffer_fits_a_request(self) -> Settings:

@@ -25,7 +25,11 @@ Only ``retouch.api.errors`` turns them into OpenAI's envelope
     ├── QueueTimeout (504 queue_timeout: waited too long for the engine)
     ├── RunTimeout (504 run_timeout: the engine ran past the model's run deadline)
     ├── EngineFailed (500)
-    └── ServiceUnavailable (503)
+    ├── ServiceUnavailable (503)
+    └── UpstreamError (502 upstream_error: a relay's upstream failed or answered nonsense)
+        ├── UpstreamUnavailable (503 upstream_unavailable, the upstream's Retry-After)
+        ├── UpstreamTimeout (504 upstream_timeout)
+        └── UpstreamRejected (the upstream's own 4xx: status, type, param and code passed on)
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class RetouchError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    """A string; None only where an upstream's own error had none (relayed as it was)."""
 
     def __init__(
         self,
@@ -178,6 +183,41 @@ class ServiceUnavailable(RetouchError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class UpstreamError(RetouchError):
+    status = 502
+    type = "server_error"
+    code: str | None = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream's 4xx answer, relayed as it was sent (429 included, with its hints)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None,
+        param: str | None,
+        code: str | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, param=param, headers=headers)
+        self.status = status
+        self.type = type or "invalid_request_error"
+        self.code = code
 
 
 class Cancelled(Exception):

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from retouch.config import ModelSettings, Settings
+from retouch.config import ModelSettings, Settings, UpstreamSettings
 
 
 def _default(field: FieldInfo) -> str:
@@ -57,5 +57,14 @@ def render() -> str:
         "|---|---|---|",
     ]
     for name, field in ModelSettings.model_fields.items():
+        lines.append(f"| `{name}` | {_default(field)} | {(field.description or '')} |")
+    lines += [
+        "",
+        "## Relay entries (`[models.upstream]` of an `engine = \"upstream\"` model)",
+        "",
+        "| key | default | description |",
+        "|---|---|---|",
+    ]
+    for name, field in UpstreamSettings.model_fields.items():
         lines.append(f"| `{name}` | {_default(field)} | {(field.description or '')} |")
     return "\n".join(lines) + "\n"

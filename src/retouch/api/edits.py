@@ -18,7 +18,14 @@ from starlette.responses import Response
 from retouch.api import render
 from retouch.api.auth import authenticate
 from retouch.api.disconnect import until_disconnect
-from retouch.api.forms import RequestTimeout, read_generation_json, read_json, read_multipart
+from retouch.api.forms import (
+    RequestTimeout,
+    UrlInputs,
+    parse_json,
+    read_body,
+    read_generation_json,
+    read_multipart,
+)
 from retouch.api.idempotency import Idempotency
 from retouch.api.responses import PiecesResponse
 from retouch.api.sse import EventStreamResponse
@@ -32,6 +39,7 @@ from retouch.service.params import Mode
 if TYPE_CHECKING:  # annotations only: the HTTP layer does not import the service's machinery
     from retouch.bootstrap import Services
     from retouch.service.edits import EditService, PreparedEdit
+    from retouch.service.relay import PreparedRelay
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,8 @@ async def _create_images(request: Request, mode: Mode) -> Response:
     idem = Idempotency(services.gate, principal, request.headers.get("idempotency-key"))
     with edits.admission() as admission:
         try:
-            form = await read_form(request, services.settings, admission, mode)
+            urls = UrlInputs(services.fetcher, services.settings.fetch)
+            form = await read_form(request, services.settings, admission, mode, urls)
             stored = await idem.replay(form)
             if stored is not None:
                 return Response(stored.body, status_code=stored.status, media_type=stored.content_type,
@@ -79,17 +88,23 @@ async def _create_images(request: Request, mode: Mode) -> Response:
             raise
 
 
-def _stream(edits: EditService, prepared: PreparedEdit) -> Response:
+def _stream(edits: EditService, prepared: PreparedEdit | PreparedRelay) -> Response:
     return EventStreamResponse(
         edits.stream(prepared), lambda: edits.abandon(prepared), headers=prepared.headers
     )
 
 
 async def read_form(
-    request: Request, settings: Settings, admission: Admission, mode: Mode = "edit"
+    request: Request,
+    settings: Settings,
+    admission: Admission,
+    mode: Mode = "edit",
+    urls: UrlInputs | None = None,
 ) -> EditForm:
     """The body as an ``EditForm``, with every cap enforced as it streams in and the queue
-    ticket taken as soon as the model is known. A client that hangs up is ``ClientLeft``."""
+    ticket taken as soon as the model is known. A client that hangs up is ``ClientLeft``.
+    http(s) ``image_url``s of a JSON body are fetched after the receipt deadline (it is the
+    client's time to send, not ours to download), unless ``fetch.image_urls`` is off."""
     limits = settings.limits
     length = ascii_int(request.headers.get("content-length"))
     if length is not None and length > limits.max_body_bytes:
@@ -111,16 +126,17 @@ async def read_form(
                 return await read_generation_json(request.stream(), limits, admission)
             if media == "multipart/form-data":
                 return await read_multipart(request.stream(), content_type, limits, admission)
-            if media == "application/json":
-                return await read_json(request.stream(), limits, admission)
-            raise InvalidRequest(
-                "Invalid Content-Type: send multipart/form-data (or application/json with "
-                "'images' as data URLs).",
-                code="unsupported_content_type",
-            )
+            if media != "application/json":
+                raise InvalidRequest(
+                    "Invalid Content-Type: send multipart/form-data (or application/json with "
+                    "'images' as image URLs).",
+                    code="unsupported_content_type",
+                )
+            body = await read_body(request.stream(), limits, admission)
     except TimeoutError:
         raise RequestTimeout(
             f"The request body was not received within {limits.receipt_timeout_s:.0f} s."
         ) from None
     except ClientDisconnect:
         raise ClientLeft() from None
+    return await parse_json(body, limits, admission, urls if settings.fetch.image_urls else None)

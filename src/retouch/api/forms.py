@@ -9,20 +9,24 @@ Errors name a file the way OpenAI does: ``image`` when one bare ``image`` part w
 ``image[i]`` for an element of an array (``image[N]`` keeps the client's own N).
 
 ``application/json`` bodies (OpenAI's JSON edit variant) carry ``images: [{image_url}]`` with
-``data:`` URLs; ``file_id`` and remote URLs get a clear 400.
+``data:`` URLs or http(s) URLs, which are fetched SSRF-safe (``retouch.net.fetch``) unless the
+``fetch.image_urls`` setting is off; ``file_id`` gets a clear 400. Errors about a URL name
+``images[N].image_url`` (or ``mask.image_url``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import pybase64
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from retouch.config import Limits
+from retouch.config import FetchSettings, Limits
 from retouch.errors import (
     InvalidRequest,
     InvalidValue,
@@ -30,6 +34,7 @@ from retouch.errors import (
     RetouchError,
     UnknownParameter,
 )
+from retouch.net.fetch import ByteBudget, Fetcher, FetchFailed, FetchPolicy
 from retouch.service.admission import Admission
 from retouch.service.form import EditForm
 from retouch.service.params import KNOWN_FIELDS
@@ -302,70 +307,11 @@ async def read_multipart(
     return builder.finish()
 
 
-async def read_json(
+async def read_body(
     chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
-) -> EditForm:
-    """Parse a JSON edit body; with an ``admission``, its bytes count against the upload
-    budget and the queue ticket is taken before any data URL is decoded."""
-    doc = await _json_object(chunks, limits, admission)
-    model = doc.get("model")
-    if admission is not None and (model is None or isinstance(model, str)):
-        admission.on_model(model or None)
-    form = EditForm(json_body=True)
-    images = doc.pop("images", None)
-    if "image" in doc:
-        raise InvalidValue(
-            "Unknown parameter: 'image'. JSON bodies use 'images': [{\"image_url\": ...}].",
-            param="image",
-            code="unknown_parameter",
-        )
-    if images is not None:
-        if not isinstance(images, list) or not images:
-            raise InvalidValue("Invalid 'images': expected a non-empty array.", param="images")
-        if len(images) > limits.max_images:
-            raise InvalidValue(
-                f"Invalid 'images': at most {limits.max_images} images.",
-                param="images",
-                code="too_many_images",
-            )
-        form.images = [
-            _image_ref(ref, f"images[{i}]", limits.max_image_bytes) for i, ref in enumerate(images)
-        ]
-    mask = doc.pop("mask", None)
-    if mask is not None:
-        form.mask = _image_ref(mask, "mask", limits.max_mask_bytes)
-    markup = doc.pop("markup", None)
-    if markup is not None:
-        form.markup = _image_ref(markup, "markup", limits.max_mask_bytes)
-    _flatten_svg(doc)
-    _json_fields(doc, form)
-    return form
-
-
-async def read_generation_json(
-    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
-) -> EditForm:
-    """``POST /v1/images/generations``: OpenAI's JSON body, text fields only (``null`` values,
-    which both SDKs send for an explicit ``None``, are absent). With an ``admission``, the
-    queue ticket is taken as soon as the body is parsed."""
-    doc = await _json_object(chunks, limits, admission)
-    model = doc.get("model")
-    if admission is not None and (model is None or isinstance(model, str)):
-        admission.on_model(model or None)
-    for name in ("image", "images", "mask", "markup"):
-        if name in doc:
-            raise UnknownParameter(
-                name, "Generations take no input images; send them to /v1/images/edits."
-            )
-    _flatten_svg(doc)
-    form = EditForm(json_body=True)
-    _json_fields(doc, form)
-    return form
-
-
-async def _json_object(
-    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None
-) -> dict[str, object]:
+) -> bytes:
+    """A JSON body, capped while it streams in; with an ``admission``, its bytes count
+    against the upload budget (a refusal is raised once the body is in, its bytes dropped)."""
     body = bytearray()
     received = 0
     async for chunk in chunks:
@@ -384,6 +330,55 @@ async def _json_object(
             body += chunk
     if admission is not None and admission.refusal is not None:
         raise admission.refusal
+    return bytes(body)
+
+
+@dataclass(frozen=True)
+class UrlInputs:
+    """How http(s) ``image_url`` values are fetched; ``None`` in their place turns them off."""
+
+    fetcher: Fetcher
+    fetch: FetchSettings
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """An ``image_url`` still to be fetched."""
+
+    param: str
+    url: str
+    cap: int
+
+
+async def parse_json(
+    body: bytes, limits: Limits, admission: Admission | None, urls: UrlInputs | None
+) -> EditForm:
+    """OpenAI's JSON edit body -> ``EditForm``. Parsing and base64 decoding (megabytes of data
+    URLs) run in a thread, off the event loop, and the queue ticket is taken in between, before
+    any image is decoded; http(s) URLs are then fetched concurrently, SSRF-safe, each within
+    its file cap and all together within what is left of the request's byte budget (and the
+    server's upload budget)."""
+    doc = await asyncio.to_thread(_load_json, body)
+    model = doc.get("model")
+    if admission is not None and (model is None or isinstance(model, str)):
+        admission.on_model(model or None)
+    form, remote = await asyncio.to_thread(_parse_json, doc, limits, urls is not None)
+    if remote:
+        assert urls is not None
+        budget = ByteBudget(limits.max_body_bytes - len(body))
+        uploads = await _fetch_all(remote, urls, budget, limits.max_body_bytes)
+        if admission is not None:
+            admission.take_bytes(sum(len(u.data) for u in uploads))
+        by_param = {u.param: u for u in uploads}
+        form.images = [by_param.get(u.param, u) for u in form.images]
+        if form.mask is not None:
+            form.mask = by_param.get(form.mask.param, form.mask)
+        if form.markup is not None:
+            form.markup = by_param.get(form.markup.param, form.markup)
+    return form
+
+
+def _load_json(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -395,7 +390,66 @@ async def _json_object(
     return doc
 
 
-def _json_fields(doc: dict[str, object], form: EditForm) -> None:
+def _parse_json(
+    doc: dict[str, Any], limits: Limits, fetch_urls: bool
+) -> tuple[EditForm, list[_Remote]]:
+    form = EditForm(json_body=True)
+    remote: list[_Remote] = []
+    images = doc.pop("images", None)
+    if "image" in doc:
+        raise InvalidValue(
+            "Unknown parameter: 'image'. JSON bodies use 'images': [{\"image_url\": ...}].",
+            param="image",
+            code="unknown_parameter",
+        )
+    if images is not None:
+        if not isinstance(images, list) or not images:
+            raise InvalidValue("Invalid 'images': expected a non-empty array.", param="images")
+        if len(images) > limits.max_images:
+            raise InvalidValue(
+                f"Invalid 'images': at most {limits.max_images} images.",
+                param="images",
+                code="too_many_images",
+            )
+        form.images = [
+            _image_ref(ref, f"images[{i}]", limits.max_image_bytes, fetch_urls, remote)
+            for i, ref in enumerate(images)
+        ]
+    mask = doc.pop("mask", None)
+    if mask is not None:
+        form.mask = _image_ref(mask, "mask", limits.max_mask_bytes, fetch_urls, remote)
+    markup = doc.pop("markup", None)
+    if markup is not None:
+        form.markup = _image_ref(markup, "markup", limits.max_mask_bytes, fetch_urls, remote)
+    _flatten_svg(doc)
+    _json_fields(doc, form)
+    return form, remote
+
+
+async def read_generation_json(
+    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
+) -> EditForm:
+    """``POST /v1/images/generations``: OpenAI's JSON body, text fields only (``null`` values,
+    which both SDKs send for an explicit ``None``, are absent). With an ``admission``, the
+    queue ticket is taken as soon as the body is parsed."""
+    body = await read_body(chunks, limits, admission)
+    doc = await asyncio.to_thread(_load_json, body)
+    model = doc.get("model")
+    if admission is not None and (model is None or isinstance(model, str)):
+        admission.on_model(model or None)
+    for name in ("image", "images", "mask", "markup"):
+        if name in doc:
+            raise UnknownParameter(
+                name, "Generations take no input images; send them to /v1/images/edits."
+            )
+    _flatten_svg(doc)
+    form = EditForm(json_body=True)
+    _json_fields(doc, form)
+    return form
+
+
+
+def _json_fields(doc: dict[str, Any], form: EditForm) -> None:
     """The text fields of a JSON body, as multipart would carry them."""
     for key, value in doc.items():
         if value is None:
@@ -438,13 +492,15 @@ def _flatten(prefix: str, value: dict[str, object]) -> dict[str, object]:
     return flat
 
 
-def _image_ref(ref: object, param: str, cap: int) -> Upload:
+def _image_ref(
+    ref: object, param: str, cap: int, fetch_urls: bool, remote: list[_Remote]
+) -> Upload:
     if not isinstance(ref, dict):
         raise InvalidValue(f"Invalid '{param}': expected an object.", param=param)
     if "file_id" in ref:
         raise InvalidValue(
             f"Invalid '{param}': file_id references are not supported: retouch has no Files "
-            "API. Send the image inline as a data URL in 'image_url'.",
+            "API. Send the image in 'image_url' (a data URL or an http(s) URL).",
             param=param,
             code="unsupported_file_id",
         )
@@ -453,18 +509,26 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
         raise InvalidValue(
             f"Invalid '{param}': expected exactly one of 'image_url' or 'file_id'.", param=param
         )
+    where = f"{param}.image_url"
     if not url.startswith("data:"):
-        raise InvalidValue(
-            f"Invalid '{param}.image_url': only data: URLs (base64) are accepted; retouch does "
-            "not fetch remote URLs.",
-            param=param,
-            code="unsupported_image_url",
-        )
+        if not fetch_urls:
+            raise InvalidValue(
+                f"Invalid '{where}': only data: URLs (base64) are accepted; this server does "
+                "not fetch remote URLs.",
+                param=where,
+                code="unsupported_image_url",
+            )
+        if not url.lower().startswith(("http://", "https://")):
+            raise InvalidValue(
+                f"Invalid '{where}': expected a data: URL or an http(s) URL.",
+                param=where,
+                code="invalid_image_url",
+            )
+        remote.append(_Remote(param, url, cap))
+        return Upload(param, "", None, b"")  # filled in once fetched
     header, _, payload = url.partition(",")
     if ";base64" not in header:
-        raise InvalidValue(
-            f"Invalid '{param}.image_url': expected a base64 data URL.", param=param
-        )
+        raise InvalidValue(f"Invalid '{where}': expected a base64 data URL.", param=where)
     if len(payload) * 3 // 4 > cap:
         raise PayloadTooLarge(
             f"Invalid '{param}': it is larger than the {cap:,} bytes allowed.",
@@ -474,6 +538,47 @@ def _image_ref(ref: object, param: str, cap: int) -> Upload:
     try:
         data = pybase64.b64decode(payload, validate=True)
     except ValueError:
-        raise InvalidValue(f"Invalid '{param}.image_url': bad base64 data.", param=param) from None
+        raise InvalidValue(f"Invalid '{where}': bad base64 data.", param=where) from None
     content_type = header[5:].split(";", 1)[0] or None
     return Upload(param, "", content_type, data)
+
+
+async def _fetch_all(
+    remote: list[_Remote], urls: UrlInputs, budget: ByteBudget, limit: int
+) -> list[Upload]:
+    tasks = [asyncio.ensure_future(_fetch(r, urls, budget, limit)) for r in remote]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:  # the first failure decides; the other downloads stop
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _fetch(ref: _Remote, urls: UrlInputs, budget: ByteBudget, limit: int) -> Upload:
+    policy = FetchPolicy.from_settings(urls.fetch, max_bytes=ref.cap)
+    where = f"{ref.param}.image_url"
+    try:
+        fetched = await urls.fetcher.get(ref.url, policy, budget=budget)
+    except FetchFailed as exc:
+        if exc.kind == "too_large":
+            raise PayloadTooLarge(
+                f"Invalid '{where}': the image is larger than the {ref.cap:,} bytes allowed.",
+                param=where,
+                code="file_too_large",
+            ) from None
+        if exc.kind == "over_budget":
+            raise PayloadTooLarge(
+                f"Invalid '{where}': the request and its fetched images are larger than the "
+                f"{limit:,} bytes allowed together.",
+                param=where,
+                code="request_too_large",
+            ) from None
+        code = "image_url_timeout" if exc.kind == "timeout" else "invalid_image_url"
+        raise InvalidValue(
+            f"Invalid '{where}': the image could not be fetched: {exc.message}.",
+            param=where,
+            code=code,
+        ) from None
+    content_type = (fetched.content_type or "").split(";", 1)[0].strip() or None
+    return Upload(ref.param, "", content_type, fetched.data)

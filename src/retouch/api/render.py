@@ -13,6 +13,7 @@ import orjson
 
 from retouch.protocol import ErrorEvent, ErrorObject, ImagesResponse
 from retouch.protocol.images import _ImageEvent
+from retouch.upstream import RelayedBody
 
 KEEPALIVE = b": ping\n\n"
 """An SSE comment: keeps proxies from closing an idle stream; clients ignore it."""
@@ -20,8 +21,11 @@ KEEPALIVE = b": ping\n\n"
 _B64 = {"b64_json"}
 
 
-def images_response(response: ImagesResponse) -> list[bytes]:
-    """The ``ImagesResponse`` JSON body as pieces (``PiecesResponse`` sends them in turn)."""
+def images_response(response: ImagesResponse | RelayedBody) -> list[bytes]:
+    """The ``ImagesResponse`` JSON body as pieces (``PiecesResponse`` sends them in turn); a
+    relayed body goes out as the upstream sent it."""
+    if isinstance(response, RelayedBody):
+        return [response.body]
     head = orjson.dumps(response.model_dump(exclude={"data"}, exclude_none=True))
     pieces = [head[:-1], b',"data":[' if len(head) > 2 else b'"data":[']
     for i, image in enumerate(response.data):

@@ -12,6 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from retouch.api import render
 from retouch.service.stream import KeepAlive, StreamItem
+from retouch.upstream import RelayEvent
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ class EventStreamResponse(StreamingResponse):
 
     async def _frames(self) -> AsyncIterator[bytes]:
         async for item in self._items:
-            yield render.KEEPALIVE if isinstance(item, KeepAlive) else render.sse_event(item)
+            if isinstance(item, RelayEvent):  # an upstream's frame, as it came
+                yield item.frame
+            else:
+                yield render.KEEPALIVE if isinstance(item, KeepAlive) else render.sse_event(item)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

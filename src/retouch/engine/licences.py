@@ -12,6 +12,7 @@ LICENSES = {
     "qwen-image-edit": "apache-2.0",
     "sd-inpaint": "creativeml-openrail-m",
     "flux-kontext": "flux-1-dev-non-commercial",
+    "upstream": "upstream-terms",  # a relay: the upstream provider's own terms apply
 }
 """Licence of each engine's default weights; ``ModelSettings.license`` overrides it for other
 weights (e.g. FLUX.2-klein-9B, non-commercial, on the flux2-klein engine)."""

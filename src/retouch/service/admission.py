@@ -16,11 +16,29 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
-from retouch.errors import RetouchError, ServiceUnavailable, retry_after_headers
+from retouch.config import ModelSettings
+from retouch.errors import QueueFull, RetouchError, ServiceUnavailable, retry_after_headers
 from retouch.scheduler.base import Backend, Ticket
 from retouch.service.models import ModelRoutes, Route
 
 log = logging.getLogger(__name__)
+
+
+def admit_in_order(backends: dict[str, Backend], model: ModelSettings) -> Ticket:
+    """A ticket from the model's own backend, else from the first of its ``overflow`` models
+    with room (a full local queue overflows to a relay); when all are full, the model's own
+    429. The ticket names the backend that issued it."""
+    try:
+        return backends[model.name].admit()
+    except QueueFull:
+        for name in model.overflow:
+            try:
+                ticket = backends[name].admit()
+            except QueueFull:
+                continue
+            log.info("model %s is full; overflowing to %s", model.name, name)
+            return ticket
+        raise
 
 
 class UploadBudget:
@@ -71,7 +89,7 @@ class Admission:
         if self.ticket is not None:
             return
         route = self._routes.resolve(requested)
-        self.ticket = self._backends[route.model.name].admit()
+        self.ticket = admit_in_order(self._backends, route.model)
         self.route = route
 
     def take_bytes(self, n: int) -> None:

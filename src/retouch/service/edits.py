@@ -30,6 +30,7 @@ from retouch.config import Settings
 from retouch.engine.types import EditJob, EditOutput, Pixels
 from retouch.errors import QueueTimeout, RetouchError
 from retouch.imaging.encode import CONTENT_TYPES
+from retouch.net.fetch import Fetcher
 from retouch.protocol import (
     ErrorEvent,
     ErrorObject,
@@ -44,16 +45,19 @@ from retouch.protocol import (
     OutputTokensDetails,
 )
 from retouch.scheduler.base import Backend, PartialSink, Ticket
+from retouch.scheduler.upstream import UpstreamBackend
 from retouch.service import jobs
 from retouch.service.admission import Admission, UploadBudget
 from retouch.service.capabilities import Served
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, Mode, to_edit_params
+from retouch.service.relay import PreparedRelay, RelayService
 from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
+from retouch.upstream import RelayedBody
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,6 +100,8 @@ class EditService:
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
+        *,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.settings = settings
         self.routes = routes
@@ -107,6 +113,7 @@ class EditService:
         self.budget = UploadBudget(queue.max_buffered_bytes)
         self.decodes = asyncio.Semaphore(queue.max_decodes or os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(queue.imaging_threads or None, thread_name_prefix="imaging")
+        self.relay = RelayService(settings, gate, store, signer, fetcher or Fetcher(), self._off_loop)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -128,7 +135,7 @@ class EditService:
     async def prepare(
         self, form: EditForm, principal: Principal, request_id: str, admission: Admission,
         mode: Mode = "edit",
-    ) -> PreparedEdit:  # fmt: skip
+    ) -> PreparedEdit | PreparedRelay:  # fmt: skip
         """Admit (if the body reader did not yet), validate, decode. Takes the ticket over
         from ``admission``; the returned edit must end with ``respond``, ``stream`` or
         ``abandon``."""
@@ -136,7 +143,7 @@ class EditService:
         route = admission.route
         assert route is not None
         assert admission.ticket is not None
-        backend = self.backends[route.model.name]
+        backend = admission.ticket.backend  # with overflow, not necessarily the model's own
         params = to_edit_params(
             form,
             model=route.requested,
@@ -147,6 +154,11 @@ class EditService:
             mode=mode,  # a generation: the same rules, no input files
         )
         jobs.check_capabilities(params, form, backend.info, self.settings.limits, self._served())
+        if isinstance(backend, UpstreamBackend):  # no pixels: the request goes on as it came
+            return await self.relay.prepare(
+                form, params, backend, admission, principal, request_id,
+                generation=mode == "generate",
+            )  # fmt: skip
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
@@ -225,14 +237,21 @@ class EditService:
         finally:
             p.ticket.release()
 
-    async def abandon(self, p: PreparedEdit) -> None:
+    async def abandon(self, p: PreparedEdit | PreparedRelay) -> None:
         """End an edit whose response never ran (its client left first): free the ticket,
         write the 499 row. Idempotent: a no-op after ``respond`` or ``stream`` finished."""
+        if isinstance(p, PreparedRelay):
+            await self.relay.abandon(p)
+            return
         p.ticket.release()
         await self._record(p, 499, None, 0)
 
-    async def respond(self, p: PreparedEdit, base_url: str) -> ImagesResponse:
-        """Run the edit and return its ``ImagesResponse``."""
+    async def respond(
+        self, p: PreparedEdit | PreparedRelay, base_url: str
+    ) -> ImagesResponse | RelayedBody:
+        """Run the edit and return its ``ImagesResponse`` (a relay's: the upstream's body)."""
+        if isinstance(p, PreparedRelay):
+            return await self.relay.respond(p, base_url)
         status, usage, produced = 499, None, 0
         try:
             output = await self._run(p)
@@ -291,7 +310,13 @@ class EditService:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def stream(self, p: PreparedEdit) -> AsyncIterator[StreamItem]:
+    def stream(self, p: PreparedEdit | PreparedRelay) -> AsyncIterator[StreamItem]:
+        """The stream items of a prepared edit (a relay's come from its upstream)."""
+        if isinstance(p, PreparedRelay):
+            return self.relay.stream(p)
+        return self._stream(p)
+
+    async def _stream(self, p: PreparedEdit) -> AsyncIterator[StreamItem]:
         """Partial images as the engine publishes them, then one completed event per output
         image; ``KEEPALIVE`` while idle. Errors after the first byte become a final
         ``ErrorEvent``."""

@@ -21,8 +21,9 @@ class KeepAlive:
 KEEPALIVE = KeepAlive()
 StreamItem = (
     ImageEditPartialImageEvent | ImageEditCompletedEvent | ImageGenPartialImageEvent
-    | ImageGenCompletedEvent | ErrorEvent | KeepAlive
+    | ImageGenCompletedEvent | ErrorEvent | KeepAlive | RelayEvent
 )  # fmt: skip
-"""Edits stream ``image_edit.*`` events, generations ``image_generation.*``."""
+"""Edits stream ``image_edit.*`` events, generations ``image_generation.*``; ``RelayEvent``: an
+upstream's frame, relayed unchanged (``service.relay``)."""
 
 __all__ = ["KEEPALIVE", "KeepAlive", "StreamItem"]

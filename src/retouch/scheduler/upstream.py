@@ -1,0 +1,127 @@
+"""``UpstreamBackend``: the gateway relay behind the ``Backend`` seam.
+
+It computes no pixels: it forwards the request as the client sent it to an OpenAI-compatible
+upstream (``retouch.upstream.client``), so it is a backend, not an engine. Admission is shaped
+like ``LocalBackend``'s: a counter checked on the event loop (beyond ``concurrency +
+max_queue`` tickets, 429 at once with a ``Retry-After`` from recent durations) and a semaphore
+of ``concurrency`` requests in flight upstream; a request that waits past its queue deadline
+gets a 504 without being sent.
+
+The service runs a relay's requests through ``slot()`` and the client (``service.relay``), not
+through ``run()``: ``run`` takes a decoded ``EditJob``, and relaying pixels would mean encoding
+them again, which a relay exists to avoid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from retouch.config import UpstreamSettings
+from retouch.engine.types import EditJob, EditOutput, EngineInfo
+from retouch.errors import QueueFull, QueueTimeout, retry_after_headers
+from retouch.scheduler.base import BackendStats, PartialSink, Ticket
+from retouch.upstream.client import UpstreamClient
+
+
+class UpstreamBackend:
+    def __init__(
+        self, name: str, settings: UpstreamSettings, *, max_queue: int,
+        client: UpstreamClient | None = None,
+    ) -> None:  # fmt: skip
+        self.name = name
+        self.settings = settings
+        self.client = client or UpstreamClient(name, settings)
+        # The upstream decides what it can do: every newest option is passed on to it.
+        self.info = EngineInfo(
+            name=name,
+            description=f"Relay to {settings.base_url}",
+            output_formats=frozenset({"png", "jpeg", "webp", "gif", "svg"}),
+            complexity="passed on to the upstream",
+            markup="hint",
+            text_to_image="relayed to the upstream's /images/generations",
+        )
+        self.workers = settings.concurrency
+        self.capacity = settings.concurrency + max_queue
+        self.admitted = 0
+        self.running = 0
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._mean_s = 1.0
+        self._closed = False
+
+    # -- admission ------------------------------------------------------------------------------
+
+    @property
+    def saturated(self) -> bool:
+        return self.admitted >= self.capacity
+
+    def retry_after_s(self) -> float:
+        return max(1.0, self._mean_s * (self.admitted - self.workers + 1) / self.workers)
+
+    def admit(self) -> Ticket:
+        if self.saturated:
+            raise QueueFull(
+                f"The model '{self.name}' is busy ({self.admitted} requests in flight); "
+                "retry later.",
+                headers=retry_after_headers(self.retry_after_s()),
+            )
+        self.admitted += 1
+        return Ticket(self, self._leave)
+
+    def _leave(self) -> None:
+        self.admitted -= 1
+
+    async def check(self, job: EditJob) -> None:
+        return None  # the upstream judges the prompt
+
+    def stats(self) -> BackendStats:
+        return BackendStats(
+            running=self.running,
+            waiting=max(0, self.admitted - self.running),
+            capacity=self.capacity,
+            ready=not self._closed,
+            reason="closed" if self._closed else None,
+        )
+
+    # -- execution ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float) -> AsyncIterator[None]:
+        """Hold one of the ``concurrency`` upstream slots, waited for until ``deadline``."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueueTimeout("The request waited too long in the queue.")
+        try:
+            async with asyncio.timeout(remaining):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise QueueTimeout(
+                f"The request waited {remaining:.0f} s in the queue without reaching the upstream."
+            ) from None
+        started = time.monotonic()
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()
+            self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
+
+    async def run(
+        self,
+        job: EditJob,
+        ticket: Ticket,
+        *,
+        deadline: float,
+        on_partial: PartialSink | None = None,
+    ) -> EditOutput:
+        raise TypeError(
+            f"'{self.name}' relays requests as they were sent (service.relay); it takes no "
+            "decoded jobs"
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.client.close()
