@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml tests/node/package-lock.json
 	$(BIN)/python -m pip install -q --upgrade 'pip>=25.1'
 	# torch is pinned to the CPU build this project tests with; a looser range pulls CUDA wheels.
 	$(BIN)/python -m pip install -q 'torch==2.13.0'
-	$(BIN)/python -m pip install -q -e '.[postgres,diffusers]' --group dev
+	$(BIN)/python -m pip install -q -e '.[postgres,diffusers,cluster]' --group dev
 	# The official Node SDK for tests/test_node_sdk.py (skipped where node is missing).
 	if command -v npm >/dev/null; then npm ci --prefix tests/node --no-audit --no-fund; fi
 	touch $(STAMP)

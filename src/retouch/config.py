@@ -80,7 +80,54 @@ class QueueSettings(_Group):
     )
 
 
+class S3Settings(_Group):
+    endpoint_url: str | None = Field(
+        None,
+        description="URL of the S3-compatible service (e.g. https://s3.example.com); "
+        "default: AWS S3 of the region. Credentials come from the standard AWS environment "
+        "variables, files or instance roles, never from this file.",
+    )
+    bucket: str = Field("retouch", min_length=3, description="Bucket for image blobs.")
+    prefix: str = Field(
+        "blobs/", description="Key prefix of retouch's objects inside the bucket."
+    )
+    region: str | None = Field(
+        None, description="Region name for request signing; default: the AWS configuration."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing; most self-hosted S3 services need 'path'."
+    )
+    create_bucket: bool = Field(
+        True, description="Create the bucket at start-up when it does not exist."
+    )
+    lifecycle_days: int | None = Field(
+        None,
+        ge=1,
+        description="Also install a bucket lifecycle rule expiring retouch's objects after "
+        "this many days (a backstop: the sweep deletes them at their exact expiry).",
+    )
+    presign: bool = Field(
+        False,
+        description="Answer response_format=url with S3 presigned URLs (clients fetch from S3) "
+        "instead of retouch-signed links served by the fronts.",
+    )
+    presign_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint that presigned URLs name, when clients reach S3 by another "
+        "address than the fronts do; default: endpoint_url.",
+    )
+    max_connections: int = Field(
+        32, ge=1, description="Connection pool size of the S3 client (per front)."
+    )
+
+
 class StorageSettings(_Group):
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where image blobs live: 'local' (DATA_DIR/blobs, one front) or 's3' "
+        "(shared by every front; see [storage.s3]).",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings, description="The S3 blob store.")
     url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs in seconds.")
     signing_keys: list[str] = Field(
         default_factory=list,

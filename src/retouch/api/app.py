@@ -48,7 +48,8 @@ from retouch.service.edits import EditService
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.tokens import load_tokenizer
-from retouch.storage.local import LocalBlobStore
+from retouch.storage import open_store
+from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Services:
     workers: dict[str, EngineWorker]
     edits: EditService
     gate: Gate
-    store: LocalBlobStore
+    store: BlobStore
     signer: UrlSigner
 
 
@@ -93,6 +94,7 @@ def build_app(
             for worker in services.workers.values():
                 worker.close()
             services.edits.close()
+            services.store.close()
             await services.gate.close()
 
     return Starlette(
@@ -127,7 +129,7 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
             engine, workers=model.workers, max_queue=settings.queue.max_queue
         )
     gate = await gate_factory(settings)
-    store = LocalBlobStore(settings.data_dir / "blobs")
+    store = await asyncio.to_thread(open_store, settings.storage, settings.data_dir)
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
     edits = EditService(settings, routes, workers, gate, store, signer)
     return Services(settings, routes, workers, edits, gate, store, signer)

@@ -318,6 +318,9 @@ class EditService:
             extension=params.output_format,
             expires_at=expires,
         )
+        direct = self.store.direct_url(key, expires)
+        if direct is not None:
+            return direct
         base = (self.settings.storage.public_base_url or base_url).rstrip("/")
         return f"{base}/v1/blobs/{key}?expires={expires}&sig={self.signer.sign(key, expires)}"
 
