@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,9 +67,9 @@ def serve(
         config, models, host=host, port=port, data_dir=data_dir,
         database_url=database_url, insecure=insecure,
     )  # fmt: skip
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from retouch.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from retouch.accounting.database_gate import ServingRefused, database_gate, prepare_database
 
@@ -92,7 +91,10 @@ def serve(
         + ("API keys required" if has_keys else "no API keys: serving open"),
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # log_config=None: uvicorn's loggers go through ours; retouch.access replaces its access
+    # log (same line, plus the request id, route and duration).
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                log_config=None, access_log=False)  # fmt: skip
 
 
 def load_engines(settings: Settings) -> dict[str, Engine]:

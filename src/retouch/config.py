@@ -233,6 +233,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as one JSON object per line (with the request id) "
+        "for log collectors.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from retouch.engine.types import EditJob, EditOutput, Engine, Pixels
 from retouch.errors import (
@@ -33,6 +34,14 @@ log = logging.getLogger(__name__)
 
 PartialSink = Callable[[Pixels, int], None]
 """Receives (image, output_index) on the event loop."""
+
+
+class JobObserver(Protocol):
+    """Timing hooks (metrics); implementations never raise."""
+
+    def queue_waited(self, model: str, seconds: float) -> None: ...
+
+    def engine_ran(self, model: str, seconds: float) -> None: ...
 
 
 class JobProgress:
@@ -66,8 +75,11 @@ class JobProgress:
 
 
 class EngineWorker:
-    def __init__(self, engine: Engine, *, workers: int, max_queue: int) -> None:
+    def __init__(
+        self, engine: Engine, *, workers: int, max_queue: int, observer: JobObserver | None = None
+    ) -> None:
         self.engine = engine
+        self.observer = observer
         self.workers = workers
         self.capacity = workers + max_queue
         self.admitted = 0
@@ -75,6 +87,10 @@ class EngineWorker:
         self._slots = asyncio.Semaphore(workers)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"engine-{engine.info.name}")
         self._mean_run_s = 1.0
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.admitted - self.running)
 
     @property
     def saturated(self) -> bool:
@@ -94,8 +110,13 @@ class EngineWorker:
                 headers=retry_after_headers(self.retry_after_s()),
             )
         self.admitted += 1
+        admitted_at = time.monotonic()
         try:
-            await self._acquire(deadline)
+            try:
+                await self._acquire(deadline)
+            finally:
+                if self.observer is not None:
+                    self.observer.queue_waited(self.engine.info.name, time.monotonic() - admitted_at)
             return await self._execute(job, on_partial)
         finally:
             self.admitted -= 1
@@ -139,6 +160,8 @@ class EngineWorker:
 
     def _release(self, elapsed: float) -> None:
         self.running -= 1
+        if self.observer is not None:
+            self.observer.engine_ran(self.engine.info.name, elapsed)
         self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * elapsed
         self._slots.release()
 

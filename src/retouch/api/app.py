@@ -43,6 +43,8 @@ from retouch.errors import (
     RetouchError,
     retry_after_headers,
 )
+from retouch.metrics import CONTENT_TYPE as METRICS_TYPE
+from retouch.metrics import Metrics
 from retouch.scheduler import EngineWorker
 from retouch.service.edits import EditService
 from retouch.service.form import EditForm
@@ -66,6 +68,7 @@ class Services:
     gate: Gate
     store: BlobStore
     signer: UrlSigner
+    metrics: Metrics
 
 
 async def open_gate(settings: Settings) -> Gate:
@@ -82,9 +85,11 @@ def build_app(
     """``engines``: already loaded engines by model name (``retouch serve`` loads them before
     the server starts; tests inject fakes this way); the others are built and loaded here."""
 
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await _start(settings, engines or {}, gate_factory)
+        services = await _start(settings, engines or {}, gate_factory, metrics)
         app.state.services = services
         sweeper = asyncio.create_task(_sweep_blobs(services))
         try:
@@ -97,26 +102,35 @@ def build_app(
             services.store.close()
             await services.gate.close()
 
-    return Starlette(
-        routes=[
-            Route("/v1/images/edits", create_edit, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
-            Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+    routes = [
+        Route("/v1/images/edits", create_edit, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
+        Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+    ]
+    paths = {route.endpoint: route.path for route in routes}
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestContext, metrics=metrics, route_of=lambda e: paths.get(e, "other"))
         ],
-        middleware=[Middleware(RequestContext)],
         exception_handlers={
             RetouchError: handlers.on_retouch_error,
             HTTPException: handlers.on_http_exception,
         },
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    return app
 
 
-async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory: GateFactory) -> Services:
+async def _start(
+    settings: Settings, overrides: dict[str, Engine], gate_factory: GateFactory, metrics: Metrics
+) -> Services:
     routes = ModelRoutes(settings)
     await asyncio.to_thread(load_tokenizer)
     workers: dict[str, EngineWorker] = {}
@@ -126,13 +140,14 @@ async def _start(settings: Settings, overrides: dict[str, Engine], gate_factory:
             engine = build_engine(model)
             await asyncio.to_thread(engine.load)
         workers[model.name] = EngineWorker(
-            engine, workers=model.workers, max_queue=settings.queue.max_queue
+            engine, workers=model.workers, max_queue=settings.queue.max_queue, observer=metrics
         )
     gate = await gate_factory(settings)
     store = await asyncio.to_thread(open_store, settings.storage, settings.data_dir)
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
-    edits = EditService(settings, routes, workers, gate, store, signer)
-    return Services(settings, routes, workers, edits, gate, store, signer)
+    edits = EditService(settings, routes, workers, gate, store, signer, metrics)
+    metrics.watch_queues(lambda: workers.items())
+    return Services(settings, routes, workers, edits, gate, store, signer, metrics)
 
 
 async def _sweep_blobs(services: Services) -> None:
@@ -171,6 +186,7 @@ async def create_edit(request: Request) -> Response:
     try:
         prepared, headers = await services.edits.prepare(form, principal, request_id)
         request.state.extra_headers = headers
+        request.state.model = prepared.params.served_model
         if prepared.params.stream:  # streams are not kept for replay: the key is released
             if prepared.worker.saturated:  # refuse with a real 429 before the 200 goes out
                 busy = QueueFull(
@@ -322,6 +338,13 @@ async def get_blob(request: Request) -> Response:
         media_type=blob.content_type,
         headers={"cache-control": "private, max-age=3600", "content-disposition": "inline"},
     )
+
+
+async def get_metrics(request: Request) -> Response:
+    """Prometheus text format; unauthenticated like /healthz (keep it off the public
+    listener or behind the proxy's allow-list)."""
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=METRICS_TYPE)
 
 
 async def healthz(request: Request) -> Response:

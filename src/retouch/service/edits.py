@@ -29,6 +29,7 @@ from retouch.errors import (
 )
 from retouch.imaging import decode
 from retouch.imaging.encode import CONTENT_TYPES, encode, fit, flatten
+from retouch.metrics import Metrics
 from retouch.scheduler import EngineWorker
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
@@ -64,8 +65,10 @@ class EditService:
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.routes = routes
         self.workers = workers
         self.gate = gate
@@ -199,10 +202,13 @@ class EditService:
         return pybase64.b64encode(self._encode(pixels, params, size))
 
     def _encode(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
+        started = time.perf_counter()
         pixels = fit(pixels, size)
         if params.background == "opaque" or params.output_format == "jpeg":
             pixels = flatten(pixels)
-        return encode(pixels, params.output_format, params.output_compression)
+        data = encode(pixels, params.output_format, params.output_compression)
+        self.metrics.encoded(params.served_model, params.output_format, time.perf_counter() - started)
+        return data
 
     @staticmethod
     def _background_of(images: list[Pixels], params: EditParams) -> str:
@@ -256,9 +262,11 @@ class EditService:
         await self._record(p, status, None, 0)
 
     async def _write_record(self, record: UsageRecord) -> None:
+        self.metrics.result(record.model, record.status)
         try:
             await asyncio.shield(self.gate.record(record))
         except Exception:  # the ledger must never turn a served edit into an error
+            self.metrics.ledger_failure()
             log.exception("could not record usage for %s", record.request_id)
 
     # -- non-streaming --------------------------------------------------------------------------
@@ -344,6 +352,7 @@ class EditService:
                     image, _index = getter.result()
                     yield await self._partial_event(p, image, partials)
                     partials += 1
+                    self.metrics.partial_sent(p.params.served_model)
                     continue
                 getter.cancel()
                 if not done:
@@ -355,6 +364,7 @@ class EditService:
                 image, _index = queue.get_nowait()
                 yield await self._partial_event(p, image, partials)
                 partials += 1
+                self.metrics.partial_sent(p.params.served_model)
             produced = len(output.images)
             usage = self._usage(p, produced, partials)
             meta = self._meta(p, self._background_of(output.images, p.params))
