@@ -79,7 +79,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"accounts database: {exc}") from None
-    engines = load_engines(settings)
+    # With the Ray backend the engines load in the cluster's replicas, not in this front.
+    engines = load_engines(settings) if settings.cluster.backend == "local" else {}
     app = build_app(settings, engines=engines, gate_factory=database_gate)
     served = ", ".join(
         f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models

@@ -187,14 +187,75 @@ class ModelSettings(_Group):
     aliases: list[str] = Field(
         default_factory=list, description="More request names for this model."
     )
-    workers: int = Field(1, ge=1, description="Jobs this model runs at once.")
+    workers: int = Field(
+        1, ge=1, description="Jobs this model runs at once (per replica with the Ray backend)."
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Ray backend: fixed number of engine replicas (default 1, or autoscaling "
+        "between min_replicas and max_replicas when those are set).",
+    )
+    min_replicas: int | None = Field(
+        None, ge=0, description="Ray backend: autoscaling floor (0 = scale to zero when idle)."
+    )
+    max_replicas: int | None = Field(None, ge=1, description="Ray backend: autoscaling ceiling.")
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0,
+        description="Ray backend: GPUs each replica reserves; default 1 for generative engines, "
+        "0 for classic and echo.",
+    )
+    cpus_per_replica: float = Field(1.0, ge=0, description="Ray backend: CPUs each replica reserves.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray backend: custom resources each replica needs (e.g. a node label "
+        'resource such as {"a100" = 1}).',
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine-specific options (steps, compile, ...)."
     )
 
 
+    @model_validator(mode="after")
+    def _replica_counts(self) -> ModelSettings:
+        autoscale = self.min_replicas is not None or self.max_replicas is not None
+        if autoscale and self.replicas is not None:
+            raise ValueError(
+                f"model {self.name!r}: set either replicas or min_replicas/max_replicas"
+            )
+        if autoscale and (self.min_replicas or 0) > (self.max_replicas or 1):
+            raise ValueError(f"model {self.name!r}: min_replicas is above max_replicas")
+        return self
+
+
 def default_models() -> list[ModelSettings]:
     return [ModelSettings(name="classic", engine="classic", family="native")]
+
+
+class ClusterSettings(_Group):
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where engines run: 'local' (worker threads in this process) or 'ray' "
+        "(Ray Serve replicas, shared by every front that uses the same config).",
+    )
+    address: str = Field(
+        "auto",
+        description="Ray cluster to attach to: 'auto' (the cluster of the Ray node on this "
+        "host) or HOST:PORT of the head's GCS. The host must run a Ray node (ray start).",
+    )
+    deploy: bool = Field(
+        True,
+        description="Submit this config's engine deployments at start-up. Idempotent: an "
+        "unchanged config restarts nothing, a changed one updates in place (replica counts, "
+        "queue limits) or rolls the replicas (engine settings). False = only attach.",
+    )
+    deploy_timeout_s: float = Field(
+        600.0, gt=0, description="How long start-up waits for the deployments to run."
+    )
+    namespace: str = Field(
+        "retouch", description="Ray namespace of the fronts' driver processes."
+    )
 
 
 class Settings(BaseSettings):
@@ -229,6 +290,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings, description="Admission.")
     storage: StorageSettings = Field(
         default_factory=StorageSettings, description="Blob storage and signed URLs."
+    )
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="Engine backend (local or a Ray cluster)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from retouch.engine.types import EditJob, EditOutput, Engine, Pixels
+from retouch.engine.types import EditJob, EditOutput, Engine, EngineInfo, Pixels
 from retouch.errors import (
     Cancelled,
     EngineFailed,
@@ -42,6 +42,49 @@ class JobObserver(Protocol):
     def queue_waited(self, model: str, seconds: float) -> None: ...
 
     def engine_ran(self, model: str, seconds: float) -> None: ...
+
+
+class EngineView(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    def check(self, job: EditJob) -> None: ...
+
+
+class Worker(Protocol):
+    """What the edit service needs of whatever runs a model's jobs (``EngineWorker`` in this
+    process, ``cluster.backend.RayBackend`` on a Ray cluster)."""
+
+    @property
+    def engine(self) -> EngineView: ...
+
+    @property
+    def saturated(self) -> bool: ...
+
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    @property
+    def admitted(self) -> int: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    def retry_after_s(self) -> float: ...
+
+    async def run(
+        self,
+        job: EditJob,
+        *,
+        deadline: float,
+        on_partial: PartialSink | None = None,
+        on_start: Callable[[str | None], None] | None = None,
+    ) -> EditOutput: ...
+
+    def close(self) -> None: ...
 
 
 class JobProgress:
@@ -100,9 +143,16 @@ class EngineWorker:
         return max(1.0, self._mean_run_s * (self.admitted - self.workers + 1) / self.workers)
 
     async def run(
-        self, job: EditJob, *, deadline: float, on_partial: PartialSink | None = None
+        self,
+        job: EditJob,
+        *,
+        deadline: float,
+        on_partial: PartialSink | None = None,
+        on_start: Callable[[str | None], None] | None = None,
     ) -> EditOutput:
-        """Run ``job`` when a slot frees up; ``deadline`` is a ``time.monotonic()`` value."""
+        """Run ``job`` when a slot frees up; ``deadline`` is a ``time.monotonic()`` value.
+        ``on_start`` is called once the job is admitted here (a cluster backend calls it when
+        a replica takes the job, with the replica's name)."""
         if self.admitted >= self.capacity:
             raise QueueFull(
                 f"The model '{self.engine.info.name}' is busy ({self.admitted} requests in "
@@ -111,6 +161,8 @@ class EngineWorker:
             )
         self.admitted += 1
         admitted_at = time.monotonic()
+        if on_start is not None:
+            on_start(None)
         try:
             try:
                 await self._acquire(deadline)

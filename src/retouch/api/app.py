@@ -45,7 +45,7 @@ from retouch.errors import (
 )
 from retouch.metrics import CONTENT_TYPE as METRICS_TYPE
 from retouch.metrics import Metrics
-from retouch.scheduler import EngineWorker
+from retouch.scheduler import EngineWorker, Worker
 from retouch.service.edits import EditService
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
@@ -63,7 +63,7 @@ GateFactory = Callable[[Settings], Awaitable[Gate]]
 class Services:
     settings: Settings
     routes: ModelRoutes
-    workers: dict[str, EngineWorker]
+    workers: dict[str, Worker]
     edits: EditService
     gate: Gate
     store: BlobStore
@@ -133,8 +133,14 @@ async def _start(
 ) -> Services:
     routes = ModelRoutes(settings)
     await asyncio.to_thread(load_tokenizer)
-    workers: dict[str, EngineWorker] = {}
+    workers: dict[str, Worker] = {}
+    if settings.cluster.backend == "ray":
+        from retouch.cluster.backend import attach
+
+        workers.update(await attach(settings, observer=metrics))
     for model in settings.models:
+        if model.name in workers:
+            continue
         engine = overrides.get(model.name)
         if engine is None:  # engines handed in were loaded by whoever built them
             engine = build_engine(model)
@@ -195,14 +201,19 @@ async def create_edit(request: Request) -> Response:
                 )
                 await services.edits.settle(prepared, busy.status)
                 raise busy
+            body = await services.edits.begin_stream(prepared)
+            if prepared.replica:
+                headers["x-retouch-replica"] = prepared.replica
             return StreamingResponse(
-                services.edits.stream(prepared),
+                body,
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             )
         pieces = await _until_disconnect(
             request, services.edits.respond(prepared, str(request.base_url))
         )
+        if prepared.replica:
+            headers["x-retouch-replica"] = prepared.replica
         if idem:
             stored = StoredResponse(200, b"".join(pieces), "application/json")
             await services.gate.remember(principal, idem, fingerprint, stored)

@@ -30,7 +30,7 @@ from retouch.errors import (
 from retouch.imaging import decode
 from retouch.imaging.encode import CONTENT_TYPES, encode, fit, flatten
 from retouch.metrics import Metrics
-from retouch.scheduler import EngineWorker
+from retouch.scheduler import Worker
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
 from retouch.service.params import EditParams, resolve_size, to_edit_params
@@ -51,9 +51,14 @@ class PreparedEdit:
     params: EditParams
     job: EditJob
     input_sizes: list[tuple[int, int]]
-    worker: EngineWorker
+    worker: Worker
     deadline: float
     started: float = field(default_factory=time.monotonic)
+    replica: str | None = None
+    """The engine replica that took the job (Ray backend), for ``x-retouch-replica``."""
+
+    def on_start(self, replica: str | None) -> None:
+        self.replica = replica
 
 
 class EditService:
@@ -61,7 +66,7 @@ class EditService:
         self,
         settings: Settings,
         routes: ModelRoutes,
-        workers: dict[str, EngineWorker],
+        workers: dict[str, Worker],
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
@@ -124,7 +129,7 @@ class EditService:
         prepared = PreparedEdit(request_id, principal, params, job, sizes, worker, deadline)
         return prepared, headers
 
-    def _check_capabilities(self, params: EditParams, form: EditForm, worker: EngineWorker) -> None:
+    def _check_capabilities(self, params: EditParams, form: EditForm, worker: Worker) -> None:
         info = worker.engine.info
         limit = 1 if params.family == "dall-e-2" else min(info.max_images, self.settings.limits.max_images)
         if len(form.images) > limit:
@@ -276,7 +281,7 @@ class EditService:
         megabytes of base64 into one buffer costs more than sending the pieces)."""
         status, usage, produced = 499, None, 0
         try:
-            output = await p.worker.run(p.job, deadline=p.deadline)
+            output = await p.worker.run(p.job, deadline=p.deadline, on_start=p.on_start)
             produced = len(output.images)
             usage = self._usage(p, produced, 0)
             body = await self._images_response(p, output, usage, base_url)
@@ -334,20 +339,61 @@ class EditService:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def stream(self, p: PreparedEdit) -> AsyncIterator[bytes]:
+    async def begin_stream(self, p: PreparedEdit) -> AsyncIterator[bytes]:
+        """Start the job and return its SSE body once a worker has taken it: the response
+        headers can then name the replica, and a refusal (429 from the cluster's queue, 503)
+        is a real status rather than an in-stream error. The local backend takes a job at
+        admission, so this returns at once there."""
+        queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
+        started = asyncio.Event()
+
+        def on_start(replica: str | None) -> None:
+            p.on_start(replica)
+            started.set()
+
+        task = asyncio.ensure_future(
+            p.worker.run(p.job, deadline=p.deadline,
+                         on_partial=lambda img, i: queue.put_nowait((img, i)), on_start=on_start)
+        )  # fmt: skip
+        waiter = asyncio.ensure_future(started.wait())
+        first: set[asyncio.Future[Any]] = {task, waiter}
+        try:
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await self._record(p, 499, None, 0)
+            raise
+        finally:
+            waiter.cancel()
+        if task.done() and not started.is_set() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            await self._record(p, exc.status if isinstance(exc, RetouchError) else 500, None, 0)
+            raise exc
+        return self.stream(p, queue, task)
+
+    async def stream(
+        self,
+        p: PreparedEdit,
+        queue: asyncio.Queue[tuple[Pixels, int]] | None = None,
+        task: asyncio.Future[EditOutput] | None = None,
+    ) -> AsyncIterator[bytes]:
         """SSE frames: partial images as the engine publishes them, then one completed event
         per output image. Errors after the first byte become a final ``error`` event."""
-        queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
-        task = asyncio.ensure_future(
-            p.worker.run(p.job, deadline=p.deadline, on_partial=lambda img, i: queue.put_nowait((img, i)))
-        )
+        if queue is None or task is None:
+            queue = asyncio.Queue()
+            sink = queue
+            task = asyncio.ensure_future(
+                p.worker.run(p.job, deadline=p.deadline, on_partial=lambda img, i: sink.put_nowait((img, i)))
+            )
         status, usage, produced, partials = 499, None, 0, 0
         keepalive = self.settings.queue.keepalive_s
         getter: asyncio.Future[tuple[Pixels, int]] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+                pending: set[asyncio.Future[Any]] = {getter, task}
+                done, _ = await asyncio.wait(pending, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     image, _index = getter.result()
                     yield await self._partial_event(p, image, partials)
