@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test install lint typecheck check bench clean
+.PHONY: serve test test-cluster install lint typecheck check bench bench-cluster clean
 
 $(STAMP): pyproject.toml tests/node/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ test: $(STAMP)
 	$(BIN)/python -m mypy
 	bash .ci/with-postgres.sh $(BIN)/python -m pytest
 
+# The Ray cluster suite alone (it runs inside a loopback-only network namespace; needs root).
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster tests/test_cluster_suite.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+
+bench-cluster: $(STAMP)
+	unshare --net sh -c 'ip link set lo up && exec $(BIN)/python bench/cluster.py'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,8 @@ from tests.seaweed import SeaweedS3, weed_binary
 for _var in [v for v in os.environ if v.startswith(("OPENAI_", "RETOUCH_"))]:
     if not _var.startswith("RETOUCH_TEST_"):
         del os.environ[_var]
+# tests/cluster runs only inside the loopback-only namespace test_cluster_suite.py creates.
+collect_ignore = [] if os.environ.get("RETOUCH_TEST_IN_NETNS") == "1" else ["cluster"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -32,6 +32,7 @@ from retouch.errors import (
     ServiceUnavailable,
     retry_after_headers,
 )
+from retouch.logs import request_id_var
 from retouch.scheduler import JobObserver
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class RayBackend:
 
         admitted_at = time.monotonic()
         self.admitted += 1
-        stream = self._handle.stream.remote(job)
+        stream = self._handle.stream.remote(job, request_id_var.get())
         started = False
         try:
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -64,6 +65,7 @@ class EngineReplica:
     """One engine, loaded once in ``__init__`` (Serve retries a failing constructor)."""
 
     def __init__(self, model: dict[str, Any]) -> None:
+        _log_to_stderr()
         self.model = ModelSettings.model_validate(model)
         self.engine = build_engine(self.model)
         self.engine.load()
@@ -77,12 +79,11 @@ class EngineReplica:
         info: EngineInfo = self.engine.info
         return {"info": info, "replica": self.replica}
 
-    async def run(self, job: EditJob, run_deadline_s: float | None = None) -> tuple[EditOutput, str]:
-        output = await self._run(job, None, run_deadline_s)
-        return output, self.replica
-
-    async def stream(self, job: EditJob, run_deadline_s: float | None = None) -> AsyncIterator[StreamItem]:
-        """Generator method (the front calls it with ``handle.options(stream=True)``)."""
+    async def stream(
+        self, job: EditJob, request_id: str | None = None, run_deadline_s: float | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """Generator method (the front calls it with ``handle.options(stream=True)``);
+        ``request_id`` is the front's, for log lines that can be joined across the cluster."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
 
@@ -107,6 +108,7 @@ class EngineReplica:
             if not task.done():  # the consumer went away: Serve threw CancelledError in here
                 task.cancel()
                 await _settle(task)
+                log.info("request %s cancelled; its engine thread has stopped", request_id)
 
     async def _run(
         self, job: EditJob, sink: Callable[[Pixels, int], None] | None, run_deadline_s: float | None
@@ -167,6 +169,17 @@ async def _settle(task: asyncio.Future[Any]) -> None:
             break
     if task.done() and not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log it as never awaited
+
+
+def _log_to_stderr() -> None:
+    """Replica processes have no retouch logging set up; Ray keeps their stderr in the node's
+    log folder (``logs/worker-*.err``)."""
+    logger = logging.getLogger("retouch")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _replica_name() -> str:
