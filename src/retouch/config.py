@@ -78,6 +78,28 @@ class QueueSettings(_Group):
     imaging_threads: int = Field(
         0, ge=0, description="Threads for decode/encode; 0 = number of CPUs."
     )
+    run_deadline_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest an engine may run one job (per model: ModelSettings.run_deadline_s); "
+        "then the job is cancelled at its next step and the request gets 504.",
+    )
+    cancel_grace_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a cancelled job may keep running before its model is reported "
+        "not ready (/readyz 503); also the bound on waiting for running jobs at shutdown.",
+    )
+    max_decodes: int = Field(
+        0, ge=0, description="Requests decoding images at once; 0 = number of CPUs."
+    )
+    max_buffered_bytes: int = Field(
+        1024 * 1024 * 1024,
+        gt=0,
+        description="Most upload bytes held in memory across all requests being received or "
+        "decoded; a request that would go beyond gets 503 with Retry-After. At least "
+        "limits.max_body_bytes.",
+    )
 
 
 class S3Settings(_Group):
@@ -212,6 +234,9 @@ class ModelSettings(_Group):
         description="Ray backend: custom resources each replica needs (e.g. a node label "
         'resource such as {"a100" = 1}).',
     )
+    run_deadline_s: float | None = Field(
+        None, gt=0, description="Run deadline of this model; default: queue.run_deadline_s."
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Engine-specific options (steps, compile, ...)."
     )
@@ -329,6 +354,16 @@ class Settings(BaseSettings):
                     raise ValueError(f"model name {name!r} is configured twice")
                 seen.add(name)
         return models
+
+    @model_validator(mode="after")
+    def _buffer_fits_a_request(self) -> Settings:
+        if self.queue.max_buffered_bytes < self.limits.max_body_bytes:
+            raise ValueError(
+                f"queue.max_buffered_bytes ({self.queue.max_buffered_bytes}) must be at least "
+                f"limits.max_body_bytes ({self.limits.max_body_bytes}), or no maximal request "
+                "could ever be received"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_exists(self) -> Settings:

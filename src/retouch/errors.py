@@ -22,7 +22,8 @@ Only ``retouch.api.errors`` turns them into OpenAI's envelope
     ├── RateLimited (429 rate_limit_exceeded, Retry-After)
     ├── QuotaExceeded (429 insufficient_quota, x-should-retry: false)
     ├── QueueFull (429 server_overloaded, Retry-After)
-    ├── QueueTimeout (504)
+    ├── QueueTimeout (504 queue_timeout: waited too long for the engine)
+    ├── RunTimeout (504 run_timeout: the engine ran past the model's run deadline)
     ├── EngineFailed (500)
     └── ServiceUnavailable (503)
 """
@@ -161,6 +162,12 @@ class QueueTimeout(RetouchError):
     code = "queue_timeout"
 
 
+class RunTimeout(RetouchError):
+    status = 504
+    type = "server_error"
+    code = "run_timeout"
+
+
 class EngineFailed(RetouchError):
     status = 500
     type = "server_error"
@@ -175,6 +182,11 @@ class ServiceUnavailable(RetouchError):
 
 class Cancelled(Exception):
     """Raised inside an engine when its client went away; never reaches a client."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected (during the upload or while waiting for its response); the
+    request ends with a 499 ledger row and an info log line, never a client-visible error."""
 
 
 def retry_after_headers(seconds: float) -> dict[str, str]:

@@ -97,8 +97,8 @@ class Metrics:
             "streams count their in-stream error status).", ["model", "status"], registry=r,
         )  # fmt: skip
         self._rejected = Counter(
-            "retouch_rejected_requests", "Edits refused for load: 429 (queue full) and 504 "
-            "(deadline passed before or while running).", ["model", "status"], registry=r,
+            "retouch_rejected_requests", "Edit responses refused for load: 429 (queue full) "
+            "and 504 (queue or run deadline passed).", ["model", "status"], registry=r,
         )  # fmt: skip
         self._ledger_failures = Counter(
             "retouch_ledger_write_failures", "Usage rows that could not be written.", registry=r
@@ -114,6 +114,8 @@ class Metrics:
     def request(self, route: str, model: str, status: int, seconds: float) -> None:
         self._requests.labels(route, model, str(status)).inc()
         self._duration.labels(route).observe(seconds)
+        if status in (429, 504) and route == "/v1/images/edits":
+            self._rejected.labels(model, str(status)).inc()
 
     @_safe
     def queue_waited(self, model: str, seconds: float) -> None:
@@ -134,8 +136,6 @@ class Metrics:
     @_safe
     def result(self, model: str, status: int) -> None:
         self._results.labels(model, str(status)).inc()
-        if status in (429, 504):
-            self._rejected.labels(model, str(status)).inc()
 
     @_safe
     def ledger_failure(self) -> None:

@@ -14,7 +14,7 @@ import uvicorn
 
 from retouch.api.app import build_app
 from retouch.config import Settings
-from retouch.scheduler import EngineWorker, JobProgress
+from retouch.scheduler import JobProgress, LocalBackend
 from tests.engines.conftest import KLEIN_OPTIONS, model
 from tests.engines.helpers import png
 
@@ -45,8 +45,8 @@ class LiveServer:
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         return f"http://{host}:{port}/v1"
 
-    def worker(self, name: str) -> EngineWorker:
-        worker: EngineWorker = self.app.state.services.workers[name]
+    def worker(self, name: str) -> LocalBackend:
+        worker: LocalBackend = self.app.state.services.workers[name]
         return worker
 
     def __exit__(self, *exc: object) -> None:

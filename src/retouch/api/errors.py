@@ -24,6 +24,13 @@ def error_response(exc: RetouchError, extra_headers: dict[str, str] | None = Non
     )  # fmt: skip
 
 
+async def on_client_left(request: Request, exc: Exception) -> Response:
+    """Nobody is listening any more: an info line, and a status for the access log only."""
+    log.info("client left before its response: %s %s (%s)", request.method, request.url.path,
+             getattr(request.state, "request_id", "-"))  # fmt: skip
+    return Response(status_code=499)
+
+
 async def on_retouch_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RetouchError)
     return error_response(exc, getattr(request.state, "extra_headers", None))

@@ -23,7 +23,14 @@ import pybase64
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from retouch.config import Limits
-from retouch.errors import InvalidRequest, InvalidValue, PayloadTooLarge, UnknownParameter
+from retouch.errors import (
+    InvalidRequest,
+    InvalidValue,
+    PayloadTooLarge,
+    RetouchError,
+    UnknownParameter,
+)
+from retouch.service.admission import Admission
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import ALLOWED_FIELDS
 
@@ -51,8 +58,9 @@ class _Part:
 class _FormBuilder:
     """Collects parts; enforces per-part, count and total caps as bytes arrive."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, admission: Admission | None = None) -> None:
         self.limits = limits
+        self.admission = admission
         self.form = EditForm()
         self.part = _Part()
         self.files = 0
@@ -83,7 +91,13 @@ class _FormBuilder:
         self.part.header_field.clear()
         self.part.header_value.clear()
 
+    @property
+    def refused(self) -> bool:
+        return self.admission is not None and self.admission.refusal is not None
+
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.refused:  # the rest of the body is read and dropped
+            return
         part = self.part
         part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
         part.size += end - start
@@ -115,10 +129,22 @@ class _FormBuilder:
         part = self.part
         data = b"".join(part.chunks)
         part.chunks.clear()
+        if self.refused:
+            return
         if part.filename is None:
             self._text(part, data)
+            if part.name == "model" and self.admission is not None:
+                self._admit(self.form.fields.get("model"))
         else:
             self._file(part, data)
+
+    def _admit(self, model: str | None) -> None:
+        """Take the queue ticket as soon as the model is known (before the files, usually)."""
+        assert self.admission is not None
+        try:
+            self.admission.on_model(model)
+        except RetouchError as exc:
+            self.admission.refusal = exc
 
     # --------------------------------------------------------------------------------------
     def _text(self, part: _Part, data: bytes) -> None:
@@ -207,13 +233,19 @@ class _FormBuilder:
 
 
 async def read_multipart(
-    chunks: AsyncIterator[bytes], content_type: str, limits: Limits
+    chunks: AsyncIterator[bytes],
+    content_type: str,
+    limits: Limits,
+    admission: Admission | None = None,
 ) -> EditForm:
+    """Parse the body as it streams in. With an ``admission``, the request's queue ticket is
+    taken when the ``model`` field arrives and buffered bytes count against the upload budget;
+    a refusal (429, 400, 503) is raised once the body is in, its remaining bytes dropped."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidRequest("multipart/form-data without a boundary.")
-    builder = _FormBuilder(limits)
+    builder = _FormBuilder(limits, admission)
     callbacks = {
         name: getattr(builder, name)
         for name in (
@@ -232,6 +264,11 @@ async def read_multipart(
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
         try:
             parser.write(chunk)
         except (InvalidRequest, PayloadTooLarge):
@@ -242,17 +279,34 @@ async def read_multipart(
         parser.finalize()
     except Exception:
         raise InvalidRequest("The multipart body is malformed or truncated.") from None
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     return builder.finish()
 
 
-async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
+async def read_json(
+    chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
+) -> EditForm:
+    """Parse a JSON edit body; with an ``admission``, its bytes count against the upload
+    budget and the queue ticket is taken before any data URL is decoded."""
     body = bytearray()
+    received = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) > limits.max_body_bytes:
+        received += len(chunk)
+        if received > limits.max_body_bytes:
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
+        if admission is not None and admission.refusal is None:
+            try:
+                admission.take_bytes(len(chunk))
+            except RetouchError as exc:
+                admission.refusal = exc
+                body.clear()
+        if admission is None or admission.refusal is None:
+            body += chunk
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -261,6 +315,9 @@ async def read_json(chunks: AsyncIterator[bytes], limits: Limits) -> EditForm:
         ) from None
     if not isinstance(doc, dict):
         raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    model = doc.get("model")
+    if admission is not None and (model is None or isinstance(model, str)):
+        admission.on_model(model or None)
     form = EditForm(json_body=True)
     images = doc.pop("images", None)
     if "image" in doc:

@@ -4,6 +4,5 @@
 * ``deploy``: connects a front to the cluster, submits the declarative Serve config (one
   application and one deployment per model, both named after the model) and attaches handles.
 
-The request-side backend that calls these replicas lives with the other backends in
-``retouch.scheduler``. Everything here needs the ``cluster`` extra (``ray[serve]``).
+The request-side backend that calls these replicas is ``retouch.scheduler.ray.RayBackend``. Everything here needs the ``cluster`` extra (``ray[serve]``).
 """

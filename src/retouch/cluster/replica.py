@@ -25,7 +25,7 @@ from typing import Any
 from retouch.config import ModelSettings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
-from retouch.errors import Cancelled, EngineFailed, QueueTimeout, RetouchError
+from retouch.errors import Cancelled, EngineFailed, RetouchError, RunTimeout
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ class EngineReplica:
             return await _hold(future, progress)
         except Cancelled:
             if timer is not None and time.monotonic() - started >= (run_deadline_s or 0):
-                raise QueueTimeout(
-                    f"The engine did not finish within the run deadline ({run_deadline_s:.0f} s)."
+                raise RunTimeout(
+                    f"The model '{self.model.name}' did not finish within its run deadline of "
+                    f"{run_deadline_s:g} s; the job was cancelled."
                 ) from None
             raise asyncio.CancelledError() from None
         except RetouchError:

@@ -1,39 +1,54 @@
-"""``POST /v1/images/edits`` orchestration: validate -> decode -> engine -> encode -> respond.
+"""``POST /v1/images/edits`` orchestration: admit -> validate -> decode -> backend -> encode.
 
-No HTTP types here. ``prepare`` does everything that can fail with a 4xx (so a streaming
-response never starts on a bad request); ``respond`` and ``stream`` run the engine and build the
-wire payloads; both record usage exactly once, whatever happens.
+No HTTP types here. The order is the point (docs/request-path.md):
+
+1. ``admission()`` gives the body reader an ``Admission``: the queue ticket is taken as soon as
+   the model is known, before a single image is decoded (a full queue is a 429 at once).
+2. ``prepare`` validates, asks the gate (rate limits, quota), decodes with a bounded number of
+   concurrent decodes and runs the backend's pre-flight check: everything that can fail with a
+   4xx, so a stream never starts on a bad request.
+3. ``respond`` (an ``ImagesResponse``) or ``stream`` (typed stream events) runs the backend and
+   builds the wire models; the bytes are made by ``retouch.api.render``.
+
+Every request that reached the gate gets exactly one ledger row, whatever happens; so does one
+that held a queue ticket when its client left (499).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import pybase64
 
 from retouch.accounting.gate import Gate, Principal, UsageRecord
 from retouch.config import Settings
 from retouch.engine.types import EditJob, EditOutput, Pixels
-from retouch.errors import (
-    InvalidImage,
-    InvalidValue,
-    PayloadTooLarge,
-    RetouchError,
-)
-from retouch.imaging import decode
-from retouch.imaging.encode import CONTENT_TYPES, encode, fit, flatten
+from retouch.errors import QueueTimeout, RetouchError
+from retouch.imaging.encode import CONTENT_TYPES
 from retouch.metrics import Metrics
-from retouch.scheduler import Worker
+from retouch.protocol import (
+    ErrorEvent,
+    ErrorObject,
+    Image,
+    ImageEditCompletedEvent,
+    ImageEditPartialImageEvent,
+    ImagesResponse,
+    ImagesUsage,
+    InputTokensDetails,
+)
+from retouch.scheduler.base import Backend, PartialSink, StartSink, Ticket
+from retouch.service import jobs
+from retouch.service.admission import Admission, UploadBudget
 from retouch.service.form import EditForm
 from retouch.service.models import ModelRoutes
-from retouch.service.params import EditParams, resolve_size, to_edit_params
+from retouch.service.params import EditParams, to_edit_params
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
@@ -42,18 +57,38 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class KeepAlive:
+    """Yielded by ``stream`` when nothing happened for ``keepalive_s`` (an SSE comment)."""
+
+
+KEEPALIVE = KeepAlive()
+StreamItem = ImageEditPartialImageEvent | ImageEditCompletedEvent | ErrorEvent | KeepAlive
+
+_INTERNAL = ErrorObject(
+    message="The server failed while streaming the result.",
+    type="server_error",
+    param=None,
+    code="internal_error",
+)
+
+
 @dataclass
 class PreparedEdit:
-    """A request that passed every check and whose pixels are decoded."""
+    """A request that passed every check, holds its queue ticket and has decoded pixels."""
 
     request_id: str
     principal: Principal
     params: EditParams
     job: EditJob
     input_sizes: list[tuple[int, int]]
-    worker: Worker
+    backend: Backend
+    ticket: Ticket
     deadline: float
+    """Queue deadline (``time.monotonic()``), counted from admission."""
+    headers: dict[str, str]
+    """The key's ``x-ratelimit-*`` headers as of admission."""
     started: float = field(default_factory=time.monotonic)
+    recorded: bool = False
     replica: str | None = None
     """The engine replica that took the job (Ray backend), for ``x-retouch-replica``."""
 
@@ -66,7 +101,7 @@ class EditService:
         self,
         settings: Settings,
         routes: ModelRoutes,
-        workers: dict[str, Worker],
+        backends: dict[str, Backend],
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
@@ -75,23 +110,35 @@ class EditService:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.routes = routes
-        self.workers = workers
+        self.backends = backends
         self.gate = gate
         self.store = store
         self.signer = signer
-        threads = settings.queue.imaging_threads or None
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="imaging")
+        queue = settings.queue
+        self.budget = UploadBudget(queue.max_buffered_bytes)
+        self.decodes = asyncio.Semaphore(queue.max_decodes or os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(queue.imaging_threads or None, thread_name_prefix="imaging")
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    # -- validation and decoding -------------------------------------------------------------
+    # -- admission, validation and decoding ----------------------------------------------------
+
+    def admission(self) -> Admission:
+        """A fresh admission for one request (hand it to the body reader)."""
+        return Admission(self.routes, self.backends, self.budget)
 
     async def prepare(
-        self, form: EditForm, principal: Principal, request_id: str
-    ) -> tuple[PreparedEdit, dict[str, str]]:
-        """Validate, admit and decode. Returns the prepared edit and rate-limit headers."""
-        route = self.routes.resolve(form.fields.get("model"))
+        self, form: EditForm, principal: Principal, request_id: str, admission: Admission
+    ) -> PreparedEdit:
+        """Admit (if the body reader did not yet), validate, decode. Takes the ticket over
+        from ``admission``; the returned edit must end with ``respond``, ``stream`` or
+        ``abandon``."""
+        admission.on_model(form.fields.get("model"))  # 400 / 429 now, before any decode
+        route = admission.route
+        assert route is not None
+        assert admission.ticket is not None
+        backend = self.backends[route.model.name]
         allow_url = route.family == "dall-e-2" or self.settings.storage.allow_url_for_gpt_models
         params = to_edit_params(
             form,
@@ -101,192 +148,113 @@ class EditService:
             limits=self.settings.limits,
             allow_url=allow_url,
         )
-        worker = self.workers[route.model.name]
-        self._check_capabilities(params, form, worker)
+        jobs.check_capabilities(params, form, backend.info, self.settings.limits)
         headers = await self.gate.admit(
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
         admitted = time.monotonic()
+        deadline = admission.ticket.admitted_at + self.settings.queue.deadline_s
+        inputs = len(form.images)
         try:
-            job, sizes = await self._off_loop(self._decode, form, params)
-            await self._off_loop(worker.engine.check, job)
+            job, sizes = await self._decode(form, params, deadline)
+            admission.give_bytes()
+            await backend.check(job)
         except BaseException as exc:  # admitted (and counted), so it gets its ledger row
             if isinstance(exc, RetouchError):
                 status = exc.status
             else:
                 status = 499 if isinstance(exc, asyncio.CancelledError) else 500
+            admission.recorded = True
             await self._write_record(
                 UsageRecord(
                     request_id=request_id, key_id=principal.key_id, model=params.model,
-                    status=status, input_images=len(form.images), output_images=0,
+                    status=status, input_images=inputs, output_images=0,
                     text_tokens=0, image_tokens=0, output_tokens=0,
                     latency_ms=int((time.monotonic() - admitted) * 1000),
                     user=params.safety_identifier or params.user,
                 )
             )  # fmt: skip
             raise
-        deadline = time.monotonic() + self.settings.queue.deadline_s
-        prepared = PreparedEdit(request_id, principal, params, job, sizes, worker, deadline)
-        return prepared, headers
-
-    def _check_capabilities(self, params: EditParams, form: EditForm, worker: Worker) -> None:
-        info = worker.engine.info
-        limit = 1 if params.family == "dall-e-2" else min(info.max_images, self.settings.limits.max_images)
-        if len(form.images) > limit:
-            raise InvalidValue(
-                f"Invalid 'image': {len(form.images)} images were sent but the model "
-                f"'{params.model}' takes at most {limit}.",
-                param="image",
-                code="too_many_images",
-            )
-        if form.mask is not None and not info.supports_mask:
-            raise InvalidValue(
-                f"The model '{params.model}' does not support masks.", param="mask"
-            )
-        if params.background == "transparent" and not info.supports_transparency:
-            raise InvalidValue(
-                "Transparent background is not supported for this model.", param="background"
-            )
-
-    def _decode(self, form: EditForm, params: EditParams) -> tuple[EditJob, list[tuple[int, int]]]:
-        limits = self.settings.limits
-        dalle = params.family == "dall-e-2"
-        opened = [
-            decode.open_upload(u, max_pixels=limits.max_image_pixels, png_only=dalle)
-            for u in form.images
-        ]
-        mask_opened = (
-            decode.open_upload(form.mask, max_pixels=limits.max_image_pixels, png_only=True)
-            if form.mask is not None
-            else None
+        ticket = admission.hand_over()
+        return PreparedEdit(
+            request_id, principal, params, job, sizes, backend, ticket, deadline, headers
         )
-        total = sum(o.width * o.height for o in opened)
-        if total > limits.max_request_pixels:
-            raise PayloadTooLarge(
-                f"The input images have {total:,} pixels together; at most "
-                f"{limits.max_request_pixels:,} are allowed per request.",
-                param="image",
-                code="image_too_large",
-            )
-        first = opened[0]
-        if dalle and first.width != first.height:
-            raise InvalidImage(
-                f"Invalid file '{first.upload.param}': dall-e-2 needs a square image, got "
-                f"{first.width}x{first.height}.",
-                param=first.upload.param,
-            )
-        images = tuple(decode.load_pixels(o) for o in opened)
-        mask = None
-        if mask_opened is not None:
-            mask = decode.mask_pixels(mask_opened, (first.width, first.height))
-        elif dalle:
-            if images[0].shape[2] != 4:
-                raise InvalidImage(
-                    "Invalid input image - without a mask, dall-e-2 edits the transparent "
-                    "area of the image, and this image has no alpha channel.",
-                    param=first.upload.param,
-                )
-            mask = decode.alpha_to_mask(images[0])
-        size = resolve_size(params, (first.width, first.height), limits)
-        job = EditJob(
-            prompt=params.prompt,
-            images=images,
-            mask=mask,
-            size=size,
-            n=params.n,
-            quality=params.quality,
-            input_fidelity=params.input_fidelity,
-            background=params.background,
-            partial_images=params.partial_images,
-        )
-        return job, [(o.width, o.height) for o in opened]
 
-    # -- output ---------------------------------------------------------------------------------
+    async def _decode(
+        self, form: EditForm, params: EditParams, deadline: float
+    ) -> tuple[EditJob, list[tuple[int, int]]]:
+        """At most ``max_decodes`` requests decode at once (each may expand to hundreds of MB
+        of pixels); the wait counts against the queue deadline."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self.decodes.acquire()
+        except TimeoutError:
+            raise QueueTimeout("The request waited too long for its images to be decoded.") from None
+        try:
+            result = await self._off_loop(jobs.decode_job, form, params, self.settings.limits)
+        finally:
+            self.decodes.release()
+        # The raw uploads are not needed any more; dropping them here is what makes the upload
+        # budget's accounting true (the caller gives the bytes back next).
+        form.images, form.mask = [], None
+        return result
+
+    async def abandoned(self, admission: Admission, principal: Principal, request_id: str) -> None:
+        """The client left before its edit was prepared: a 499 row if it held a ticket."""
+        route = admission.route
+        if route is None or admission.ticket is None or admission.recorded:
+            return
+        admission.recorded = True
+        await self._write_record(
+            UsageRecord(
+                request_id=request_id, key_id=principal.key_id, model=route.requested,
+                status=499, input_images=0, output_images=0, text_tokens=0, image_tokens=0,
+                output_tokens=0,
+                latency_ms=int((time.monotonic() - admission.ticket.admitted_at) * 1000),
+            )
+        )  # fmt: skip
+
+    # -- running --------------------------------------------------------------------------------
+
+    async def _run(
+        self,
+        p: PreparedEdit,
+        on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
+    ) -> EditOutput:
+        try:
+            return await p.backend.run(
+                p.job, p.ticket, deadline=p.deadline, on_partial=on_partial,
+                on_start=on_start or p.on_start,
+            )  # fmt: skip
+        finally:
+            p.ticket.release()
+
+    def _encode(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
+        started = time.perf_counter()
+        data = jobs.encode_output(pixels, params, size)
+        self.metrics.encoded(params.served_model, params.output_format, time.perf_counter() - started)
+        return data
 
     def _encode_b64(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
         return pybase64.b64encode(self._encode(pixels, params, size))
 
-    def _encode(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
-        started = time.perf_counter()
-        pixels = fit(pixels, size)
-        if params.background == "opaque" or params.output_format == "jpeg":
-            pixels = flatten(pixels)
-        data = encode(pixels, params.output_format, params.output_compression)
-        self.metrics.encoded(params.served_model, params.output_format, time.perf_counter() - started)
-        return data
+    async def abandon(self, p: PreparedEdit) -> None:
+        """End an edit whose response never ran (its client left first): free the ticket,
+        write the 499 row. Idempotent: a no-op after ``respond`` or ``stream`` finished."""
+        p.ticket.release()
+        await self._record(p, 499, None, 0)
 
-    @staticmethod
-    def _background_of(images: list[Pixels], params: EditParams) -> str:
-        """What the encoded images really carry: alpha survives only in png/webp."""
-        if params.output_format == "jpeg" or params.background == "opaque":
-            return "opaque"
-        return "transparent" if any(i.shape[2] == 4 for i in images) else "opaque"
-
-    def _usage(self, p: PreparedEdit, images_out: int, partials: int) -> Usage:
-        return compute_usage(
-            family=p.params.family,
-            prompt=p.params.prompt,
-            input_sizes=p.input_sizes,
-            fidelity=p.params.input_fidelity,
-            quality=p.params.quality,
-            size=p.job.size,
-            images_out=images_out,
-            partials_sent=partials,
-        )
-
-    def _meta(self, p: PreparedEdit, background: str) -> dict[str, Any]:
-        w, h = p.job.size
-        meta: dict[str, Any] = {
-            "background": background,
-            "output_format": p.params.output_format,
-            "quality": p.params.quality,
-            "size": f"{w}x{h}",
-        }
-        if p.params.safety_identifier:
-            meta["safety_identifier"] = p.params.safety_identifier
-        return meta
-
-    async def _record(self, p: PreparedEdit, status: int, usage: Usage | None, images: int) -> None:
-        record = UsageRecord(
-            request_id=p.request_id,
-            key_id=p.principal.key_id,
-            model=p.params.model,
-            status=status,
-            input_images=len(p.job.images),
-            output_images=images,
-            text_tokens=usage.text_tokens if usage else 0,
-            image_tokens=usage.image_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            latency_ms=int((time.monotonic() - p.started) * 1000),
-            user=p.params.safety_identifier or p.params.user,
-        )
-        await self._write_record(record)
-
-    async def settle(self, p: PreparedEdit, status: int) -> None:
-        """Record a prepared edit that is refused before it runs."""
-        await self._record(p, status, None, 0)
-
-    async def _write_record(self, record: UsageRecord) -> None:
-        self.metrics.result(record.model, record.status)
-        try:
-            await asyncio.shield(self.gate.record(record))
-        except Exception:  # the ledger must never turn a served edit into an error
-            self.metrics.ledger_failure()
-            log.exception("could not record usage for %s", record.request_id)
-
-    # -- non-streaming --------------------------------------------------------------------------
-
-    async def respond(self, p: PreparedEdit, base_url: str) -> list[bytes]:
-        """Run the edit and return the ``ImagesResponse`` JSON body, in pieces (joining
-        megabytes of base64 into one buffer costs more than sending the pieces)."""
+    async def respond(self, p: PreparedEdit, base_url: str) -> ImagesResponse:
+        """Run the edit and return its ``ImagesResponse``."""
         status, usage, produced = 499, None, 0
         try:
-            output = await p.worker.run(p.job, deadline=p.deadline, on_start=p.on_start)
+            output = await self._run(p)
             produced = len(output.images)
             usage = self._usage(p, produced, 0)
-            body = await self._images_response(p, output, usage, base_url)
+            response = await self._images_response(p, output, usage, base_url)
             status = 200
-            return body
+            return response
         except RetouchError as exc:
             status = exc.status
             raise
@@ -296,31 +264,32 @@ class EditService:
             status = 500
             raise
         finally:
-            await self._record(p, status, usage if status == 200 else None, produced if status == 200 else 0)
+            ok = status == 200
+            await self._record(p, status, usage if ok else None, produced if ok else 0)
 
     async def _images_response(
         self, p: PreparedEdit, output: EditOutput, usage: Usage, base_url: str
-    ) -> list[bytes]:
+    ) -> ImagesResponse:
         params, size = p.params, p.job.size
         if params.response_format == "url":
             blobs = await asyncio.gather(
                 *(self._off_loop(self._encode, img, params, size) for img in output.images)
             )
             urls = await asyncio.gather(*(self._off_loop(self._store, b, params, base_url) for b in blobs))
-            items = [[orjson.dumps({"url": url})] for url in urls]
+            data = [Image.model_construct(url=url, b64_json=None) for url in urls]
         else:
             b64s = await asyncio.gather(
                 *(self._off_loop(self._encode_b64, img, params, size) for img in output.images)
             )
-            items = [_with_b64({}, b) for b in b64s]
-        doc: dict[str, Any] = {"created": int(time.time())}
-        if params.family != "dall-e-2":
-            doc.update(self._meta(p, self._background_of(output.images, params)))
-            doc["usage"] = usage.wire()
-        pieces = [orjson.dumps(doc)[:-1], b',"data":[']
-        for i, item in enumerate(items):
-            pieces += [b",", *item] if i else item
-        return [*pieces, b"]}"]
+            data = [Image.model_construct(b64_json=b, url=None) for b in b64s]
+        if params.family == "dall-e-2":
+            return ImagesResponse.model_construct(created=int(time.time()), data=data)
+        return ImagesResponse.model_construct(
+            created=int(time.time()),
+            data=data,
+            **self._meta(p, jobs.background_of(output.images, params)),
+            usage=_wire_usage(usage),
+        )
 
     def _store(self, data: bytes, params: EditParams, base_url: str) -> str:
         ttl = self.settings.storage.url_ttl_s
@@ -332,18 +301,18 @@ class EditService:
             expires_at=expires,
         )
         direct = self.store.direct_url(key, expires)
-        if direct is not None:
+        if direct is not None:  # an S3 presigned URL: clients fetch from the object store
             return direct
         base = (self.settings.storage.public_base_url or base_url).rstrip("/")
         return f"{base}/v1/blobs/{key}?expires={expires}&sig={self.signer.sign(key, expires)}"
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def begin_stream(self, p: PreparedEdit) -> AsyncIterator[bytes]:
-        """Start the job and return its SSE body once a worker has taken it: the response
-        headers can then name the replica, and a refusal (429 from the cluster's queue, 503)
-        is a real status rather than an in-stream error. The local backend takes a job at
-        admission, so this returns at once there."""
+    async def begin_stream(self, p: PreparedEdit) -> AsyncIterator[StreamItem]:
+        """Start the job and return its event stream once the backend has taken it, so the
+        response headers can name the replica and a refusal (the cluster's 429, a lost
+        replica's 503) is a real status instead of an in-stream error. The local backend
+        takes a job at once, so this returns at once there. A refusal is recorded here."""
         queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
         started = asyncio.Event()
 
@@ -351,10 +320,7 @@ class EditService:
             p.on_start(replica)
             started.set()
 
-        task = asyncio.ensure_future(
-            p.worker.run(p.job, deadline=p.deadline,
-                         on_partial=lambda img, i: queue.put_nowait((img, i)), on_start=on_start)
-        )  # fmt: skip
+        task = asyncio.ensure_future(self._run(p, lambda img, i: queue.put_nowait((img, i)), on_start))
         waiter = asyncio.ensure_future(started.wait())
         first: set[asyncio.Future[Any]] = {task, waiter}
         try:
@@ -377,15 +343,14 @@ class EditService:
         p: PreparedEdit,
         queue: asyncio.Queue[tuple[Pixels, int]] | None = None,
         task: asyncio.Future[EditOutput] | None = None,
-    ) -> AsyncIterator[bytes]:
-        """SSE frames: partial images as the engine publishes them, then one completed event
-        per output image. Errors after the first byte become a final ``error`` event."""
+    ) -> AsyncIterator[StreamItem]:
+        """Partial images as the engine publishes them, then one completed event per output
+        image; ``KEEPALIVE`` while idle. Errors after the first byte become a final
+        ``ErrorEvent``. ``queue`` and ``task``: a job ``begin_stream`` started."""
         if queue is None or task is None:
             queue = asyncio.Queue()
             sink = queue
-            task = asyncio.ensure_future(
-                p.worker.run(p.job, deadline=p.deadline, on_partial=lambda img, i: sink.put_nowait((img, i)))
-            )
+            task = asyncio.ensure_future(self._run(p, lambda img, i: sink.put_nowait((img, i))))
         status, usage, produced, partials = 499, None, 0, 0
         keepalive = self.settings.queue.keepalive_s
         getter: asyncio.Future[tuple[Pixels, int]] | None = None
@@ -402,7 +367,7 @@ class EditService:
                     continue
                 getter.cancel()
                 if not done:
-                    yield b": ping\n\n"
+                    yield KEEPALIVE
                     continue
                 break
             output = task.result()
@@ -413,60 +378,101 @@ class EditService:
                 self.metrics.partial_sent(p.params.served_model)
             produced = len(output.images)
             usage = self._usage(p, produced, partials)
-            meta = self._meta(p, self._background_of(output.images, p.params))
+            meta = self._meta(p, jobs.background_of(output.images, p.params))
+            wire_usage = _wire_usage(usage)
             for img in output.images:
                 b64 = await self._off_loop(self._encode_b64, img, p.params, p.job.size)
-                yield _sse(
-                    "image_edit.completed",
-                    {"type": "image_edit.completed", "created_at": int(time.time()),
-                     **meta, "usage": usage.wire()},
-                    b64,
-                )  # fmt: skip
+                yield ImageEditCompletedEvent.model_construct(
+                    b64_json=b64, created_at=int(time.time()), **meta, usage=wire_usage
+                )
             status = 200
         except RetouchError as exc:
             status = exc.status
-            yield error_event(exc.error_object())
+            yield ErrorEvent(error=ErrorObject.model_validate(exc.error_object()))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("stream %s failed", p.request_id)
             status = 500
-            yield error_event(
-                {"message": "The server failed while streaming the result.", "type": "server_error",
-                 "param": None, "code": "internal_error"}
-            )  # fmt: skip
+            yield ErrorEvent(error=_INTERNAL)
         finally:
             if getter is not None and not getter.done():  # a client that left mid-wait
                 getter.cancel()
             if not task.done():
                 task.cancel()
+            p.ticket.release()  # the task may never have started
             await self._record(p, status, usage, produced)
 
-    async def _partial_event(self, p: PreparedEdit, image: Pixels, index: int) -> bytes:
+    async def _partial_event(
+        self, p: PreparedEdit, image: Pixels, index: int
+    ) -> ImageEditPartialImageEvent:
         b64 = await self._off_loop(self._encode_b64, image, p.params, p.job.size)
-        meta = self._meta(p, self._background_of([image], p.params))
-        return _sse(
-            "image_edit.partial_image",
-            {"type": "image_edit.partial_image", "created_at": int(time.time()),
-             **meta, "partial_image_index": index},
-            b64,
-        )  # fmt: skip
+        meta = self._meta(p, jobs.background_of([image], p.params))
+        return ImageEditPartialImageEvent.model_construct(
+            b64_json=b64, created_at=int(time.time()), **meta, partial_image_index=index
+        )
+
+    # -- usage and records ----------------------------------------------------------------------
+
+    def _usage(self, p: PreparedEdit, images_out: int, partials: int) -> Usage:
+        return compute_usage(
+            family=p.params.family,
+            prompt=p.params.prompt,
+            input_sizes=p.input_sizes,
+            fidelity=p.params.input_fidelity,
+            quality=p.params.quality,
+            size=p.job.size,
+            images_out=images_out,
+            partials_sent=partials,
+        )
+
+    def _meta(self, p: PreparedEdit, background: str) -> dict[str, Any]:
+        w, h = p.job.size
+        return {
+            "background": background,
+            "output_format": p.params.output_format,
+            "quality": p.params.quality,
+            "size": f"{w}x{h}",
+            "safety_identifier": p.params.safety_identifier or None,
+        }
+
+    async def _record(self, p: PreparedEdit, status: int, usage: Usage | None, images: int) -> None:
+        if p.recorded:
+            return
+        p.recorded = True
+        record = UsageRecord(
+            request_id=p.request_id,
+            key_id=p.principal.key_id,
+            model=p.params.model,
+            status=status,
+            input_images=len(p.job.images),
+            output_images=images,
+            text_tokens=usage.text_tokens if usage else 0,
+            image_tokens=usage.image_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            latency_ms=int((time.monotonic() - p.started) * 1000),
+            user=p.params.safety_identifier or p.params.user,
+        )
+        await self._write_record(record)
+
+    async def _write_record(self, record: UsageRecord) -> None:
+        self.metrics.result(record.model, record.status)
+        try:
+            await asyncio.shield(self.gate.record(record))
+        except Exception:  # the ledger must never turn a served edit into an error
+            self.metrics.ledger_failure()
+            log.exception("could not record usage for %s", record.request_id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _with_b64(doc: dict[str, Any], b64: bytes) -> list[bytes]:
-    """``doc`` as JSON pieces with ``"b64_json"`` spliced in: base64 needs no escaping, and
-    letting a JSON encoder scan megabytes of it costs more than the base64 itself."""
-    rest = orjson.dumps(doc)
-    return [b'{"b64_json":"', b64, b'"' + (b"," if len(rest) > 2 else b"") + rest[1:]]
-
-
-def _sse(event: str, data: dict[str, Any], b64: bytes | None = None) -> bytes:
-    payload = [orjson.dumps(data)] if b64 is None else _with_b64(data, b64)
-    return b"".join([b"event: ", event.encode(), b"\ndata: ", *payload, b"\n\n"])
-
-
-def error_event(error: dict[str, Any]) -> bytes:
-    return _sse("error", {"type": "error", "error": error})
+def _wire_usage(usage: Usage) -> ImagesUsage:
+    return ImagesUsage.model_construct(
+        input_tokens=usage.input_tokens,
+        input_tokens_details=InputTokensDetails.model_construct(
+            text_tokens=usage.text_tokens, image_tokens=usage.image_tokens
+        ),
+        output_tokens=usage.output_tokens,
+        total_tokens=usage.total_tokens,
+    )

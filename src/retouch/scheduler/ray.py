@@ -1,5 +1,5 @@
-"""The front's side of the Ray backend: one ``RayBackend`` per model, calling its Serve
-deployment through a handle.
+"""``RayBackend``: the front's side of the Ray backend, one per model, calling the model's
+Serve deployment (``retouch.cluster``) through a handle.
 
 * Every job goes through the replica's generator method: the first item (``start``) arrives
   when a replica has taken the job, so the front learns which replica runs it (the
@@ -7,7 +7,9 @@ deployment through a handle.
   here, and the queue deadline bounds only the wait for a replica.
 * Admission is Serve's: ``max_ongoing_requests`` per replica, ``max_queued_requests`` per front
   (its handle). ``BackPressureError`` becomes our 429 with a ``Retry-After`` estimate; there is
-  no second queue in the front.
+  no second queue in the front: ``admit`` only counts this front's requests in flight (for
+  ``/readyz`` and metrics) and never refuses. The 429 comes when the job is submitted, right
+  after decoding, and for a stream still before its first byte (``on_start``).
 * A client that goes away or a passed deadline calls ``cancel()`` on the stream (a timeout
   alone would leave the replica working); the replica stops the engine at its next step.
 * A replica that dies under a job fails it with ``ActorDiedError``: that becomes a 503 in
@@ -19,40 +21,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from retouch.config import ModelSettings, Settings
-from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
+from retouch.engine.types import EditJob, EditOutput, EngineInfo
 from retouch.errors import (
     EngineFailed,
     QueueFull,
     QueueTimeout,
     RetouchError,
+    RunTimeout,
     ServiceUnavailable,
     retry_after_headers,
 )
 from retouch.logs import request_id_var
-from retouch.scheduler import JobObserver
+from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
 
 log = logging.getLogger(__name__)
 
-PartialSink = Callable[[Pixels, int], None]
-StartSink = Callable[[str | None], None]
-
-
-class RemoteEngine:
-    """What the front knows of an engine that runs in the cluster: its declared info. The
-    replica runs ``check`` itself, before the engine starts."""
-
-    def __init__(self, info: EngineInfo) -> None:
-        self.info = info
-
-    def check(self, job: EditJob) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+_REPLICA_GRACE_S = 30.0  # beyond the run deadline, for the replica's own RunTimeout to arrive
 
 
 class RayBackend:
@@ -66,34 +53,44 @@ class RayBackend:
         observer: JobObserver | None = None,
     ) -> None:
         self.model = model
-        self.engine = RemoteEngine(info)
+        self.info = info
         self.observer = observer
         self._handle = handle.options(stream=True)
         self.max_queue = settings.queue.max_queue
-        self.admitted = 0  # this front's requests in flight to the deployment
+        self.run_deadline_s = model.run_deadline_s or settings.queue.run_deadline_s
+        self.admitted = 0  # this front's tickets out (decoding, queued or running)
         self.running = 0  # of those, the ones a replica has taken
         self._mean_run_s = 1.0
+        self._closed = False
 
-    @property
-    def waiting(self) -> int:
-        return max(0, self.admitted - self.running)
+    def admit(self) -> Ticket:
+        self.admitted += 1
+        return Ticket(self, self._leave)
 
-    @property
-    def capacity(self) -> int:
-        """This front's view: Serve queues ``max_queue`` here beyond what replicas run."""
-        return self.max_queue + self.running
+    def _leave(self) -> None:
+        self.admitted -= 1
 
-    @property
-    def saturated(self) -> bool:
-        # Serve decides (BackPressureError at the first stream item, before any byte is sent).
-        return False
+    async def check(self, job: EditJob) -> None:
+        """The replica checks the job before its engine starts (the front has no engine)."""
+        return None
+
+    def stats(self) -> BackendStats:
+        return BackendStats(
+            running=self.running,
+            waiting=max(0, self.admitted - self.running),
+            # This front's view: Serve queues max_queue here beyond what replicas run.
+            capacity=self.running + self.max_queue + 1,
+            ready=not self._closed,
+            reason="closed" if self._closed else None,
+        )
 
     def retry_after_s(self) -> float:
-        return max(1.0, self._mean_run_s * (self.waiting + 1))
+        return max(1.0, self._mean_run_s * (max(0, self.admitted - self.running) + 1))
 
     async def run(
         self,
         job: EditJob,
+        ticket: Ticket,
         *,
         deadline: float,
         on_partial: PartialSink | None = None,
@@ -102,9 +99,10 @@ class RayBackend:
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        admitted_at = time.monotonic()
-        self.admitted += 1
-        stream = self._handle.stream.remote(job, request_id_var.get())
+        if ticket.backend is not self or ticket.released:
+            raise RuntimeError("run() needs a live ticket issued by this backend")
+        admitted_at = ticket.admitted_at
+        stream = self._handle.stream.remote(job, request_id_var.get(), self.run_deadline_s)
         started = False
         try:
             try:
@@ -122,7 +120,14 @@ class RayBackend:
             self.running += 1
             if on_start is not None:
                 on_start(replica)
-            output = await self._drain(stream, on_partial)
+            try:  # the replica enforces the run deadline; this bounds a wedged replica
+                async with asyncio.timeout(self.run_deadline_s + _REPLICA_GRACE_S):
+                    output = await self._drain(stream, on_partial)
+            except TimeoutError:
+                raise RunTimeout(
+                    f"The model '{self.model.name}' did not finish within its run deadline of "
+                    f"{self.run_deadline_s:g} s."
+                ) from None
             self._ran(time.monotonic() - run_started)
             output.replica = replica
             return output
@@ -147,7 +152,6 @@ class RayBackend:
             stream.cancel()  # client gone, deadline, or any failure: free the replica
             raise
         finally:
-            self.admitted -= 1
             if started:
                 self.running -= 1
 
@@ -171,8 +175,9 @@ class RayBackend:
         if self.observer is not None:
             self.observer.engine_ran(self.model.name, seconds)
 
-    def close(self) -> None:
-        return None
+    async def close(self) -> None:
+        """Nothing to free here: the replicas belong to the cluster, not to this front."""
+        self._closed = True
 
 
 async def attach(settings: Settings, *, observer: JobObserver | None = None) -> dict[str, RayBackend]:

@@ -1,0 +1,118 @@
+"""The composition root: builds every service the app needs, once, and takes them down.
+
+``build_app`` (``retouch.api.app``) calls ``start_services`` in its lifespan; nothing else
+constructs backends, gates or stores. Swapping an implementation (another gate, a Ray or
+upstream backend) is a change here, not in the routes or the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from retouch.accounting.gate import Gate, OpenGate
+from retouch.config import ModelSettings, Settings
+from retouch.engine.registry import build_engine
+from retouch.engine.types import Engine
+from retouch.metrics import Metrics
+from retouch.scheduler.base import Backend
+from retouch.scheduler.local import LocalBackend
+from retouch.service.edits import EditService
+from retouch.service.models import ModelRoutes
+from retouch.service.tokens import load_tokenizer
+from retouch.storage import open_store
+from retouch.storage.base import BlobStore
+from retouch.storage.signing import UrlSigner
+
+log = logging.getLogger(__name__)
+
+GateFactory = Callable[[Settings], Awaitable[Gate]]
+"""Builds the accounting gate at start-up (``database_gate`` for ``retouch serve``)."""
+
+
+@dataclass
+class Services:
+    settings: Settings
+    routes: ModelRoutes
+    workers: dict[str, Backend]
+    """One backend per configured model name."""
+    edits: EditService
+    gate: Gate
+    store: BlobStore
+    signer: UrlSigner
+    metrics: Metrics
+
+
+async def open_gate(settings: Settings) -> Gate:
+    """The default gate: open. Replaced by the database gate when accounts are configured."""
+    return OpenGate()
+
+
+def local_backend(
+    engine: Engine, model: ModelSettings, settings: Settings, metrics: Metrics | None = None
+) -> LocalBackend:
+    queue = settings.queue
+    return LocalBackend(
+        engine,
+        workers=model.workers,
+        max_queue=queue.max_queue,
+        run_deadline_s=model.run_deadline_s or queue.run_deadline_s,
+        cancel_grace_s=queue.cancel_grace_s,
+        observer=metrics,
+    )
+
+
+async def start_services(
+    settings: Settings,
+    engines: dict[str, Engine],
+    gate_factory: GateFactory,
+    metrics: Metrics | None = None,
+) -> Services:
+    """``engines``: already loaded engines by model name (they were loaded by whoever built
+    them); the other configured models are built and loaded here. With the Ray backend the
+    engines load in the cluster's replicas instead, and every model gets a ``RayBackend``."""
+    metrics = metrics or Metrics()
+    routes = ModelRoutes(settings)
+    await asyncio.to_thread(load_tokenizer)
+    backends: dict[str, Backend] = {}
+    if settings.cluster.backend == "ray":
+        from retouch.scheduler.ray import attach
+
+        backends.update(await attach(settings, observer=metrics))
+    for model in settings.models:
+        if model.name in backends:
+            continue
+        engine = engines.get(model.name)
+        if engine is None:
+            engine = build_engine(model)
+            await asyncio.to_thread(engine.load)
+        backends[model.name] = local_backend(engine, model, settings, metrics)
+    gate = await gate_factory(settings)
+    store = await asyncio.to_thread(open_store, settings.storage, settings.data_dir)
+    signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
+    edits = EditService(settings, routes, backends, gate, store, signer, metrics)
+    metrics.watch_queues(lambda: [(name, b.stats()) for name, b in backends.items()])
+    return Services(settings, routes, backends, edits, gate, store, signer, metrics)
+
+
+async def stop_services(services: Services) -> None:
+    """Backends first (they wait, bounded, for running jobs before freeing engines)."""
+    await asyncio.gather(*(b.close() for b in services.workers.values()))
+    services.edits.close()
+    services.store.close()
+    await services.gate.close()
+
+
+async def sweep_blobs(services: Services) -> None:
+    """Delete expired blobs, forever (cancelled at shutdown)."""
+    while True:
+        try:
+            deleted = await asyncio.to_thread(services.store.sweep, int(time.time()))
+            if deleted:
+                log.info("deleted %d expired blobs", deleted)
+        except Exception:
+            log.exception("blob sweep failed")
+        await asyncio.sleep(services.settings.storage.sweep_interval_s)

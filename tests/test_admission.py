@@ -1,0 +1,189 @@
+"""Admission before work: the queue ticket is taken before any decode, decodes are bounded and
+the upload bytes held across requests are capped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from retouch.service import jobs
+from tests.conftest import Harness, echo_models, encode_image, gradient
+
+pytestmark = pytest.mark.anyio
+
+SRC = encode_image(gradient((64, 64)))
+NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n" + b"garbage" * 100
+
+
+@pytest.fixture
+def decode_calls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    calls: list[float] = []
+    real = jobs.decode_job
+
+    def counted(*args: Any) -> Any:
+        calls.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(jobs, "decode_job", counted)
+    return calls
+
+
+async def busy(harness_factory: Callable[..., Any], make_settings: Callable[..., Any]) -> tuple[Harness, Any]:
+    """A server whose only slot is taken by a long edit (queue of 0)."""
+    h: Harness = await harness_factory(
+        make_settings(models=echo_models(delay_s=5.0, steps=100), queue={"max_queue": 0})
+    )
+    first = asyncio.ensure_future(
+        h.sdk.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
+    )
+    worker = h.services.workers["echo"]
+    for _ in range(500):
+        if worker.running:
+            break
+        await asyncio.sleep(0.01)
+    assert worker.running == 1
+    return h, first
+
+
+async def test_a_full_queue_answers_429_before_decoding(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Any], decode_calls: list[float]
+) -> None:
+    h, first = await busy(harness_factory, make_settings)
+    decoded_before = len(decode_calls)
+    files = {"image": ("a.png", NOT_AN_IMAGE, "image/png")}
+    # The model field first (as the SDK sends it) and last: both refused, neither decoded (an
+    # undecodable image would be a 400 if it had been looked at).
+    early = await h.http.post("/v1/images/edits", data={"model": "echo", "prompt": "x"}, files=files)
+    late_body, late_type = _multipart_model_last(NOT_AN_IMAGE)
+    late = await h.http.post("/v1/images/edits", content=late_body, headers={"content-type": late_type})
+    as_json = await h.http.post("/v1/images/edits", json={
+        "model": "echo", "prompt": "x",
+        "images": [{"image_url": "data:image/png;base64," + base64.b64encode(NOT_AN_IMAGE).decode()}],
+    })  # fmt: skip
+    for response in (early, late, as_json):
+        assert response.status_code == 429, response.text
+        assert response.json()["error"]["code"] == "queue_full"
+        assert int(response.headers["retry-after"]) >= 1
+        assert int(response.headers["retry-after-ms"]) >= 1
+    assert len(decode_calls) == decoded_before
+    with pytest.raises(openai.RateLimitError):  # streaming too: a real 429, not an SSE error
+        await h.sdk.images.edit(
+            model="echo", image=("a.png", SRC, "image/png"), prompt="x", stream=True
+        )
+    assert h.services.workers["echo"].admitted == 1
+    assert h.services.edits.budget.used == 0
+    first.cancel()
+
+
+def _multipart_model_last(image: bytes) -> tuple[bytes, str]:
+    b = "xyzboundary"
+    body = (
+        f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + image + (
+        f'\r\n--{b}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n'
+        f'--{b}\r\nContent-Disposition: form-data; name="model"\r\n\r\necho\r\n--{b}--\r\n'
+    ).encode()
+    return body, f"multipart/form-data; boundary={b}"
+
+
+async def test_an_unknown_model_is_refused_before_decoding(
+    echo: Harness, decode_calls: list[float]
+) -> None:
+    response = await echo.http.post(
+        "/v1/images/edits", data={"model": "nope", "prompt": "x"},
+        files={"image": ("a.png", NOT_AN_IMAGE, "image/png")},
+    )  # fmt: skip
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert decode_calls == []
+    assert echo.services.workers["echo"].admitted == 0
+
+
+async def test_concurrent_decodes_are_bounded(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    lock = threading.Lock()
+    now = peak = 0
+    real = jobs.decode_job
+
+    def slow(*args: Any) -> Any:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        time.sleep(0.05)
+        with lock:
+            now -= 1
+        return real(*args)
+
+    monkeypatch.setattr(jobs, "decode_job", slow)
+    h: Harness = await harness_factory(
+        make_settings(models=echo_models(), queue={"max_decodes": 2, "max_queue": 16})
+    )
+    results = await asyncio.gather(*(
+        h.sdk.images.edit(model="echo", image=("a.png", SRC, "image/png"), prompt="x")
+        for _ in range(8)
+    ))  # fmt: skip
+    assert len(results) == 8
+    assert peak == 2
+
+
+async def test_upload_bytes_across_requests_are_capped(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    decoding, resume = threading.Event(), threading.Event()
+    real = jobs.decode_job
+
+    def held(*args: Any) -> Any:
+        decoding.set()
+        resume.wait(10)
+        return real(*args)
+
+    monkeypatch.setattr(jobs, "decode_job", held)
+    cap = 300_000
+    h: Harness = await harness_factory(make_settings(
+        models=echo_models(),
+        limits={"max_body_bytes": cap, "max_image_bytes": cap},
+        queue={"max_buffered_bytes": cap},
+    ))  # fmt: skip
+    big = SRC + bytes(200_000)  # still a valid PNG: trailing bytes after IEND are ignored
+    first = asyncio.ensure_future(
+        h.sdk.images.edit(model="echo", image=("a.png", big, "image/png"), prompt="x")
+    )
+    assert await asyncio.to_thread(decoding.wait, 10)
+    assert h.services.edits.budget.used > 200_000
+    refused = await h.http.post(
+        "/v1/images/edits", data={"model": "echo", "prompt": "x"},
+        files={"image": ("a.png", big, "image/png")},
+    )  # fmt: skip
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "server_busy"
+    assert int(refused.headers["retry-after"]) >= 1
+    resume.set()
+    assert (await first).data[0].b64_json
+    assert h.services.edits.budget.used == 0
+    assert h.services.workers["echo"].admitted == 0
+
+
+def test_the_budget_must_fit_one_maximal_request(make_settings: Callable[..., Any]) -> None:
+    with pytest.raises(ValueError, match="max_buffered_bytes"):
+        make_settings(queue={"max_buffered_bytes": 1000})
+
+
+async def test_readyz_reports_each_backend(echo: Harness) -> None:
+    ready = await echo.http.get("/readyz")
+    assert ready.status_code == 200
+    body = orjson.loads(ready.content)
+    assert body["status"] == "ready"
+    assert body["models"]["echo"]["ready"] is True
