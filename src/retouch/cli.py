@@ -115,6 +115,20 @@ def load_engines(settings: Settings) -> dict[str, Engine]:
     return engines
 
 
+@main.command("cluster-config")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML config file.")
+@click.option("--model", "model_flags", multiple=True, help="NAME=ENGINE[:WEIGHTS]; repeatable.")
+def cluster_config(config: Path | None, model_flags: tuple[str, ...]) -> None:
+    """Print the Ray Serve config that 'retouch serve' submits for the Ray backend (JSON,
+    which is also YAML): for 'serve deploy' or a KubeRay RayService's serveConfigV2."""
+    import orjson
+
+    from retouch.cluster.deploy import serve_config
+
+    settings = build_settings(config, model_flags)
+    click.echo(orjson.dumps(serve_config(settings), option=orjson.OPT_INDENT_2).decode())
+
+
 @main.group()
 def models() -> None:
     """Model weights (generative engines)."""

@@ -46,7 +46,6 @@ deploy_timeout_s = 300
 [storage]
 backend = "s3"
 signing_keys = ["cluster-test-signing-key"]
-allow_url_for_gpt_models = true
 
 [storage.s3]
 endpoint_url = "{s3.url}"
@@ -131,3 +130,44 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         ray.stop()
         ray.remove()
         s3.stop()
+
+
+class RemoteFront:
+    """A front over a real socket in the shapes the contract tests use: ``echo`` (async SDK +
+    HTTP client, like ``conftest.Harness``) and ``live_server`` (``url``, sync ``sdk()``)."""
+
+    def __init__(self, url: str) -> None:
+        import openai
+
+        self.url = self.base_url = url
+        self.http = httpx2.AsyncClient(base_url=url, timeout=120)
+        self.sdk = openai.AsyncOpenAI(api_key="sk-test", base_url=f"{url}/v1",
+                                      http_client=self.http, max_retries=0)  # fmt: skip
+
+    def sync_sdk(self, **kwargs: object) -> object:
+        import openai
+
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("api_key", "sk-test")
+        return openai.OpenAI(base_url=f"{self.url}/v1", http_client=httpx2.Client(timeout=120),
+                             **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.fixture
+async def echo(cluster: Cluster) -> RemoteFront:
+    """The contract tests' ``echo`` app, here a front whose engine runs on the Ray cluster."""
+    return RemoteFront(cluster.a.url)
+
+
+class _LiveFront:
+    def __init__(self, url: str) -> None:
+        self.url = self.base_url = url
+        self._front = RemoteFront(url)
+
+    def sdk(self, **kwargs: object) -> object:
+        return self._front.sync_sdk(**kwargs)
+
+
+@pytest.fixture
+def live_server(cluster: Cluster) -> _LiveFront:
+    return _LiveFront(cluster.b.url)

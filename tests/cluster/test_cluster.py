@@ -21,9 +21,9 @@ from tests.raycluster import replica_pids
 pytestmark = pytest.mark.cluster
 
 
-def png(size: tuple[int, int] = (64, 64)) -> bytes:
+def png(size: tuple[int, int] = (64, 64), mode: str = "RGB") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, (180, 30, 60)).save(buf, "PNG")
+    Image.new(mode, size, (180, 30, 60, 0)[: len(mode)]).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -67,14 +67,15 @@ def test_both_fronts_spread_jobs_over_both_replicas_on_both_nodes(cluster: Clust
 
 def test_links_made_by_one_front_are_served_by_the_other(cluster: Cluster) -> None:
     client = openai.OpenAI(api_key="sk-none", base_url=f"{cluster.a.url}/v1", max_retries=0)
-    result = client.images.edit(model="echo", image=("a.png", png(), "image/png"), prompt="x",
-                                response_format="url")  # fmt: skip
+    # dall-e-2 answers with links by default; its input is a square PNG with transparency.
+    result = client.images.edit(model="dall-e-2", image=("a.png", png(mode="RGBA"), "image/png"),
+                                prompt="x", size="256x256", response_format="url")  # fmt: skip
     url = result.data[0].url or ""
     assert url.startswith(cluster.a.url)
     fetched = httpx2.get(url.replace(cluster.a.url, cluster.b.url))
     assert fetched.status_code == 200
     assert fetched.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(fetched.content)).size == (64, 64)
+    assert Image.open(io.BytesIO(fetched.content)).size == (256, 256)
 
 
 def test_streaming_partials_come_through_the_cluster(cluster: Cluster) -> None:
