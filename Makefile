@@ -26,6 +26,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench
 	$(BIN)/python -m mypy
+	bash .ci/chromium.sh
 	bash .ci/with-postgres.sh $(BIN)/python -m pytest
 
 # The Ray cluster suite alone (it runs inside a loopback-only network namespace; needs root).

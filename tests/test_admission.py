@@ -187,3 +187,35 @@ async def test_readyz_reports_each_backend(echo: Harness) -> None:
     body = orjson.loads(ready.content)
     assert body["status"] == "ready"
     assert body["models"]["echo"]["ready"] is True
+
+
+async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Any]
+) -> None:
+    from retouch.config import ModelSettings
+    from tests.test_scheduler import StubbornEngine
+
+    engine = StubbornEngine()
+    models = [ModelSettings(name="stubborn", engine="echo", run_deadline_s=0.2)]
+    h: Harness = await harness_factory(
+        make_settings(models=models, queue={"cancel_grace_s": 0.2}), engines={"stubborn": engine}
+    )
+    with pytest.raises(openai.APIStatusError) as info:
+        await h.sdk.images.edit(model="stubborn", image=("a.png", SRC, "image/png"), prompt="x")
+    assert info.value.status_code == 504
+    assert info.value.code == "run_timeout"
+    for _ in range(500):
+        ready = await h.http.get("/readyz")
+        if ready.status_code == 503:
+            break
+        await asyncio.sleep(0.01)
+    assert ready.json()["status"] == "not_ready"
+    assert "ignored cancellation" in ready.json()["models"]["stubborn"]["reason"]
+    engine.release.set()
+    for _ in range(500):
+        ready = await h.http.get("/readyz")
+        if ready.status_code == 200:
+            break
+        await asyncio.sleep(0.01)
+    assert ready.json()["status"] == "ready"
+    assert [r.status for r in h.services.gate.records] == [504]

@@ -12,7 +12,7 @@ import pytest
 
 from retouch.engine.echo import EchoEngine
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Progress
-from retouch.errors import QueueFull, QueueTimeout, RunTimeout
+from retouch.errors import EngineFailed, QueueFull, QueueTimeout, RunTimeout
 from retouch.scheduler import Backend, LocalBackend
 
 pytestmark = pytest.mark.anyio
@@ -173,3 +173,16 @@ async def test_close_does_not_free_an_engine_that_never_stops() -> None:
     assert not backend.stats().ready
     engine.release.set()
     run.cancel()
+
+
+async def test_an_engines_own_timeout_error_is_a_failure_not_the_run_deadline() -> None:
+    class TimingOut(StubbornEngine):
+        def run(self, job: EditJob, progress: Progress) -> EditOutput:
+            raise TimeoutError("a driver call timed out")
+
+    backend = LocalBackend(TimingOut(), workers=1, max_queue=0, run_deadline_s=60)
+    with pytest.raises(EngineFailed) as info:
+        await backend.run(JOB, backend.admit(), deadline=later())
+    assert info.value.status == 500
+    assert await eventually(lambda: backend.running == 0)
+    await backend.close()

@@ -148,7 +148,10 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
     configured = {n: m for m in settings.models for n in (m.name, *m.aliases)}
     if name in configured:
         model = configured[name]
-        if model.engine in ("classic", "echo"):
+        if model.engine == "classic":
+            _pull_classic(model.name, model.options)
+            return
+        if model.engine == "echo":
             raise click.ClickException(f"model {name!r} ({model.engine}) has no weights to pull")
         try:
             weights = weights_id(model)
@@ -173,6 +176,22 @@ def pull(name: str, config: Path | None, model_flags: tuple[str, ...], revision:
     click.echo(f"{weights} is in {folder}")
 
 
+def _pull_classic(name: str, options: dict[str, Any]) -> None:
+    """The classic engine's optional ONNX files (options matte_model, fill_model)."""
+    from retouch.engine.classic import model_files
+
+    try:
+        paths = model_files.pull(options, name=name)
+    except Exception as exc:
+        raise click.ClickException(str(exc)) from None
+    if not paths:
+        click.echo(
+            f"model {name!r} (classic) uses its bundled segmentation model; nothing to download"
+        )
+    for path in paths:
+        click.echo(f"{path}")
+
+
 @main.command("settings-doc")
 def settings_doc() -> None:
     """Print the settings reference (docs/settings.md)."""
@@ -189,6 +208,16 @@ def _add_account_commands() -> None:
 
 
 _add_account_commands()
+
+
+def _add_image_commands() -> None:
+    from retouch.cli_images import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_image_commands()
 
 if __name__ == "__main__":
     main()

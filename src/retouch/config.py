@@ -20,7 +20,7 @@ from pydantic_settings import (
 )
 
 ApiFamily = Literal["dall-e-2", "gpt-image", "gpt-image-2", "native"]
-EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint"]
+EngineKind = Literal["classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext"]
 
 OPENAI_IMAGE_MODELS: dict[str, ApiFamily] = {
     "dall-e-2": "dall-e-2",
@@ -233,6 +233,16 @@ class ModelSettings(_Group):
         default_factory=dict,
         description="Ray backend: custom resources each replica needs (e.g. a node label "
         'resource such as {"a100" = 1}).',
+    )
+    license: str | None = Field(
+        None,
+        description="Licence of the weights, shown in /v1/models; default: the licence of the "
+        "engine's usual weights. One containing 'non-commercial' needs accept_license.",
+    )
+    accept_license: Literal["non-commercial"] | None = Field(
+        None,
+        description="Acknowledge that the weights' licence forbids commercial use; without it a "
+        "non-commercial model (e.g. flux-kontext) refuses to start.",
     )
     run_deadline_s: float | None = Field(
         None, gt=0, description="Run deadline of this model; default: queue.run_deadline_s."

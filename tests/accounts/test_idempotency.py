@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import Accounts, sdk_for
@@ -150,3 +151,74 @@ async def test_streams_are_not_kept(accounts: Accounts, harness_factory: Callabl
         assert [e.type async for e in stream][-1] == "image_edit.completed"
     assert engine.runs == 2  # the key was released, not held until its lease ran out
     assert [r["status"] for r in accounts.rows()] == [200, 200]
+
+
+async def test_a_completed_edit_is_delivered_and_billed_once_when_storing_it_fails(
+    accounts: Accounts, harness_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo")
+    h: Harness = await harness_factory(
+        accounts.settings(), engines={"echo": engine}, gate_factory=accounts.gate
+    )
+    gate = accounts.gates[-1]
+    real = gate.remember
+    failures = 4  # three quick attempts fail, then the first background retry fails too
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(gate, "remember", flaky)
+    sdk = sdk_for(h, secret)
+    first = await _edit_raw(sdk, "billed")
+    assert first.http_response.status_code == 200  # the edit is delivered regardless
+    assert first.parse().data[0].b64_json
+    # The SDK's retry meanwhile must not run (and bill) the edit again.
+    with pytest.raises(openai.ConflictError):
+        await _edit_raw(sdk, "billed")
+    for _ in range(1000):  # the background retry stores it
+        if failures == 0 and await _stored(gate, secret):
+            break
+        await asyncio.sleep(0.01)
+    replayed = await _edit_raw(sdk, "billed")
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.http_response.content == first.http_response.content
+    assert engine.runs == 1
+    assert [r["status"] for r in accounts.rows()] == [200]
+
+
+async def _stored(gate: Any, secret: str) -> bool:
+    from sqlalchemy import select
+
+    from retouch.accounting.tables import idempotency_keys
+
+    def read(conn: Any) -> bool:
+        row = conn.execute(
+            select(idempotency_keys.c.status).where(idempotency_keys.c.idempotency_key == "billed")
+        ).first()
+        return row is not None and row[0] is not None
+
+    return bool(await gate.db.read(read))
+
+
+async def test_a_replay_never_hands_back_expired_links(
+    accounts: Accounts, harness_factory: Callable[..., Any]
+) -> None:
+    _, secret = accounts.create_key()
+    engine = EchoEngine("echo")
+    settings = accounts.settings(storage={"allow_url_for_gpt_models": True, "url_ttl_s": 1})
+    h: Harness = await harness_factory(settings, engines={"echo": engine}, gate_factory=accounts.gate)
+    sdk = sdk_for(h, secret)
+    first = await _edit_raw(sdk, "links", response_format="url")
+    assert first.parse().data[0].url
+    fresh = await _edit_raw(sdk, "links", response_format="url")
+    assert fresh.headers["idempotent-replayed"] == "true"  # links still valid: replayed
+    await asyncio.sleep(2.1)  # the links' expiry (whole seconds) is now past
+    with pytest.raises(openai.UnprocessableEntityError) as err:
+        await _edit_raw(sdk, "links", response_format="url")
+    assert err.value.code == "idempotency_replay_expired"
+    assert engine.runs == 1

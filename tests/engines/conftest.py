@@ -41,6 +41,11 @@ def sd_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_pipelines.save_tiny_sd(tmp_path_factory.mktemp("sd"))
 
 
+@pytest.fixture(scope="session")
+def kontext_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipelines.save_tiny_kontext(tmp_path_factory.mktemp("kontext"))
+
+
 @pytest.fixture
 def small_qwen_references(monkeypatch: pytest.MonkeyPatch) -> None:
     """Qwen's pipelines resize every input to ~1 megapixel (module constants); at that size

@@ -210,3 +210,60 @@ def save_tiny_qwen(root: Path) -> Path:
     qwen_image_processor().save_pretrained(folder / "processor")
     pipe.tokenizer.save_pretrained(folder / "processor")
     return folder
+
+
+def t5_tokenizer() -> Any:
+    """A character-level Unigram T5 tokenizer (``engines.md`` §7.2)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(chr(c), -1.0) for c in range(32, 127)] + [("\u2581", -1.0)]
+    core = Tokenizer(models.Unigram(pieces, unk_id=2))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Metaspace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=512,
+    )  # fmt: skip
+
+
+def tiny_kontext(root: Path) -> Any:
+    """FLUX.1-Kontext at toy size: CLIP + T5 + a 1-channel VAE without downsampling."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = clip_tokenizer(root / "clip-tok"), t5_tokenizer()
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+            decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        )
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=1, block_out_channels=(4,),
+        layers_per_block=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035, sample_size=32,
+    )  # fmt: skip
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, num_attention_heads=2,
+        attention_head_dim=16, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8], guidance_embeds=True,
+    )  # fmt: skip
+    return FluxKontextPipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=tiny_clip_text(clip_tok, layers=2), tokenizer=clip_tok,
+        text_encoder_2=t5, tokenizer_2=t5_tok,
+    )  # fmt: skip
+
+
+def save_tiny_kontext(root: Path) -> Path:
+    tiny_kontext(root).save_pretrained(root / "kontext")
+    return root / "kontext"

@@ -27,6 +27,7 @@ from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
 from retouch.api.edits import create_edit
 from retouch.api.middleware import RequestContext
+from retouch.api.playground import playground_routes
 from retouch.api.usage import images_usage
 from retouch.bootstrap import (
     GateFactory,
@@ -37,10 +38,12 @@ from retouch.bootstrap import (
     sweep_blobs,
 )
 from retouch.config import ModelSettings, Settings
+from retouch.engine.registry import license_of
 from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
 from retouch.metrics import CONTENT_TYPE as METRICS_TYPE
 from retouch.metrics import Metrics
+from retouch.service.describe import model_capabilities
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,9 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", get_metrics, methods=["GET"]),
+        *playground_routes(),
     ]
-    paths = {route.endpoint: route.path for route in routes}
+    paths = {getattr(r, "endpoint", None): r.path for r in routes if isinstance(r, Route)}
     app = Starlette(
         routes=routes,
         middleware=[
@@ -102,8 +106,16 @@ def _services(request: Request) -> Services:
 # -- models, blobs, health ------------------------------------------------------------------
 
 
-def _model_object(name: str, owner: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+def _model_object(services: Services, name: str, model: ModelSettings) -> dict[str, Any]:
+    """OpenAI's model object, plus what the name accepts (``retouch``; SDKs keep extra keys)."""
+    family = services.routes.resolve(name).family
+    info = services.workers[model.name].info
+    return {
+        "id": name, "object": "model", "created": 0, "owned_by": f"retouch:{model.engine}",
+        "retouch": model_capabilities(name, family, info, services.settings.limits),
+        # the weights' licence (retouch's addition; OpenAI's clients keep extra keys)
+        "license": license_of(model),
+    }  # fmt: skip
 
 
 def _allowed(principal: Principal, name: str, model: ModelSettings) -> bool:
@@ -112,10 +124,10 @@ def _allowed(principal: Principal, name: str, model: ModelSettings) -> bool:
 
 async def list_models(request: Request) -> Response:
     principal = await authenticate(request)
-    routes = _services(request).routes
+    services = _services(request)
     data = [
-        _model_object(name, f"retouch:{m.engine}")
-        for name, m in routes.names()
+        _model_object(services, name, m)
+        for name, m in services.routes.names()
         if _allowed(principal, name, m)
     ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -124,9 +136,10 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     principal = await authenticate(request)
     name = request.path_params["model"]
-    for known, model in _services(request).routes.names():
+    services = _services(request)
+    for known, model in services.routes.names():
         if known == name and _allowed(principal, name, model):
-            return Response(orjson.dumps(_model_object(name, f"retouch:{model.engine}")),
+            return Response(orjson.dumps(_model_object(services, name, model)),
                             media_type="application/json")  # fmt: skip
     raise NotFound(
         f"The model '{name}' does not exist or you do not have access to it.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -19,12 +20,14 @@ from retouch.api.forms import RequestTimeout, read_json, read_multipart
 from retouch.api.idempotency import Idempotency
 from retouch.api.responses import PiecesResponse
 from retouch.api.sse import EventStreamResponse
-from retouch.bootstrap import Services
 from retouch.config import Settings
 from retouch.errors import ClientLeft, InvalidRequest, PayloadTooLarge
 from retouch.service.admission import Admission
 from retouch.service.edits import EditService, PreparedEdit
 from retouch.service.form import EditForm
+
+if TYPE_CHECKING:
+    from retouch.bootstrap import Services
 
 log = logging.getLogger(__name__)
 

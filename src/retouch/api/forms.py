@@ -269,18 +269,20 @@ async def read_multipart(
                 admission.take_bytes(len(chunk))
             except RetouchError as exc:
                 admission.refusal = exc
+        if admission is not None and admission.refusal is not None:
+            continue  # refused: the rest is drained, neither parsed nor kept
         try:
             parser.write(chunk)
         except (InvalidRequest, PayloadTooLarge):
             raise
         except Exception:
             raise InvalidRequest("The multipart body is malformed.") from None
+    if admission is not None and admission.refusal is not None:
+        raise admission.refusal
     try:
         parser.finalize()
     except Exception:
         raise InvalidRequest("The multipart body is malformed or truncated.") from None
-    if admission is not None and admission.refusal is not None:
-        raise admission.refusal
     return builder.finish()
 
 

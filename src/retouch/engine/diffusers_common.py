@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,33 @@ log = logging.getLogger(__name__)
 
 SIZE_MULTIPLE = 16
 """Every family packs 2x2 latent patches over an 8x VAE: sides must be multiples of 16."""
+
+
+class FirstBlockCache(BaseModel):
+    """diffusers' first-block cache: run the first transformer block every step; when its
+    output residual changed by less than ``threshold`` (relative L1) since the last full pass,
+    reuse the cached residual of the remaining blocks instead of running them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["first-block"]
+    threshold: float = Field(0.05, gt=0, description="Relative change under which blocks are skipped.")
+
+
+class TaylorSeerCache(BaseModel):
+    """diffusers' TaylorSeer cache: full passes every ``cache_interval`` steps, the steps in
+    between predicted from a Taylor expansion of the cached block outputs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["taylorseer"]
+    cache_interval: int = Field(5, ge=1, description="A full pass every this many steps.")
+    max_order: int = Field(1, ge=0, le=4, description="Order of the Taylor prediction.")
+    disable_cache_before_step: int = Field(3, ge=0, description="Steps always computed first.")
+    disable_cache_after_step: int | None = Field(None, ge=0, description="Steps always computed from here on.")
+
+
+StepCache = Annotated[FirstBlockCache | TaylorSeerCache, Field(discriminator="kind")]
 
 
 class EngineOptions(BaseModel):
@@ -89,6 +116,12 @@ class EngineOptions(BaseModel):
     )
     quantize: Literal["fp8", "int8"] | None = Field(
         None, description="torchao weight quantisation of the denoiser (needs torchao)."
+    )
+    cache: StepCache | None = Field(
+        None,
+        description="Step caching of the transformer (lossy): {kind = 'first-block', threshold "
+        "= 0.05} or {kind = 'taylorseer', cache_interval = 5, max_order = 1, "
+        "disable_cache_before_step = 3}.",
     )
     warmup_sizes: list[str] = Field(
         default_factory=list,
@@ -452,9 +485,52 @@ def accelerate(denoiser: Any, options: EngineOptions, model_name: str) -> None:
             else Int8WeightOnlyConfig()
         )
         quantize_(denoiser, config)
+    if options.cache is not None:
+        enable_step_cache(denoiser, options.cache, model_name)
     if options.attention_backend is not None:
         denoiser.set_attention_backend(options.attention_backend)
     if options.compile == "blocks":
         denoiser.compile_repeated_blocks(fullgraph=True)
     elif options.compile == "full":
         denoiser.compile(fullgraph=True)
+
+
+FIRST_BLOCK_CACHE_FAILS = {"Flux2Transformer2DModel"}
+"""Denoisers whose first-block cache raises inside diffusers 0.42.1 (checked on the tiny
+pipelines; ``tests/engines/test_step_cache.py``)."""
+
+
+def enable_step_cache(denoiser: Any, cache: FirstBlockCache | TaylorSeerCache, model_name: str) -> None:
+    """diffusers' cache hooks on the denoiser. Their state lives between calls, so
+    ``DenoiseTap.watching`` resets it before every pipeline call (``reset_step_cache``)."""
+    import diffusers
+
+    hooks: Any = diffusers  # the config classes are untyped
+    if not hasattr(denoiser, "enable_cache"):
+        raise EngineLoadError(
+            f"model {model_name!r}: option cache={cache.kind!r} needs a transformer denoiser "
+            f"with diffusers' cache hooks; {type(denoiser).__name__} has none"
+        )
+    if isinstance(cache, FirstBlockCache) and type(denoiser).__name__ in FIRST_BLOCK_CACHE_FAILS:
+        raise EngineLoadError(
+            f"model {model_name!r}: diffusers {diffusers.__version__}'s first-block cache fails "
+            f"on {type(denoiser).__name__} (a TypeError inside the cache hook: its block outputs are not the tensors the hook expects); "
+            "use cache = {kind = 'taylorseer'} for this model"
+        )
+    config: Any
+    if isinstance(cache, FirstBlockCache):
+        config = hooks.FirstBlockCacheConfig(threshold=cache.threshold)
+    else:
+        config = hooks.TaylorSeerCacheConfig(
+            cache_interval=cache.cache_interval,
+            max_order=cache.max_order,
+            disable_cache_before_step=cache.disable_cache_before_step,
+            disable_cache_after_step=cache.disable_cache_after_step,
+        )
+    try:
+        denoiser.enable_cache(config)
+    except Exception as exc:
+        raise EngineLoadError(
+            f"model {model_name!r}: diffusers cannot apply cache={cache.kind!r} to "
+            f"{type(denoiser).__name__}: {type(exc).__name__}: {exc}"
+        ) from exc

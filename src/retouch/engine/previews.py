@@ -72,10 +72,18 @@ class DenoiseTap:
         self.steps_done = 0
 
     @contextlib.contextmanager
-    def watching(self, denoiser: torch.nn.Module) -> Iterator[DenoiseTap]:
+    def watching(self, denoiser: torch.nn.Module, *, cache_context: bool = False) -> Iterator[DenoiseTap]:
+        """Hooks on for one pipeline call. ``cache_context``: for pipelines that do not name a
+        cache context around their denoiser calls themselves (FLUX.1-Kontext), without which
+        diffusers' step caches refuse to run; only for single-pass (no true CFG) calls."""
+        reset_step_cache(denoiser)
         handle = denoiser.register_forward_pre_hook(self._before_forward, with_kwargs=True)
         try:
-            yield self
+            if cache_context and getattr(denoiser, "is_cache_enabled", False):
+                with denoiser.cache_context("cond"):  # type: ignore[operator]
+                    yield self
+            else:
+                yield self
         finally:
             handle.remove()
 
@@ -111,6 +119,15 @@ class DenoiseTap:
         self.progress.partial(image)
 
 
+def reset_step_cache(denoiser: Any) -> None:
+    """Clear diffusers' step-cache state (first-block / TaylorSeer hooks). Pipelines reset it
+    only at the end of a call that completes (``maybe_free_model_hooks``): after a cancelled
+    or failed request the next request's first steps would be compared with, or predicted from,
+    someone else's latents."""
+    if getattr(denoiser, "is_cache_enabled", False):
+        denoiser._reset_stateful_cache()
+
+
 def to_rgb8(decoded: torch.Tensor) -> Pixels:
     """A VAE's (1, 3, H, W) output in [-1, 1] as an H x W x 3 uint8 array."""
     x = (decoded[0].float().clamp(-1, 1) + 1) * 127.5
@@ -142,6 +159,20 @@ def klein_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
         std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
         grid = grid * std.to(grid.device, grid.dtype) + mean
         latents = _pool(pipe._unpatchify_latents(grid), downscale)
+        return to_rgb8(vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0])
+
+    return decode
+
+
+def kontext_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
+    """FLUX.1 latents: packed 2x2 patches -> unpack -> undo scaling and shift -> VAE."""
+    width, height = size
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        vae = pipe.vae
+        latents = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        latents = _pool(latents, downscale)
         return to_rgb8(vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0])
 
     return decode

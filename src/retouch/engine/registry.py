@@ -15,10 +15,42 @@ _GENERATIVE = {
     "flux2-klein": ("retouch.engine.flux2_klein", "Flux2KleinEngine"),
     "qwen-image-edit": ("retouch.engine.qwen_image_edit", "QwenImageEditEngine"),
     "sd-inpaint": ("retouch.engine.sd_inpaint", "SDInpaintEngine"),
+    "flux-kontext": ("retouch.engine.flux_kontext", "FluxKontextEngine"),
 }
+
+LICENSES = {
+    "classic": "apache-2.0",  # retouch's own code and the bundled u2netp (Apache-2.0)
+    "echo": "apache-2.0",
+    "flux2-klein": "apache-2.0",  # FLUX.2-klein-4B; the 9B variants are non-commercial
+    "qwen-image-edit": "apache-2.0",
+    "sd-inpaint": "creativeml-openrail-m",
+    "flux-kontext": "flux-1-dev-non-commercial",
+}
+"""Licence of each engine's default weights; ``ModelSettings.license`` overrides it for other
+weights (e.g. FLUX.2-klein-9B, non-commercial, on the flux2-klein engine)."""
+NON_COMMERCIAL = "non-commercial"
+
+
+def license_of(model: ModelSettings) -> str:
+    """The licence shown in ``/v1/models`` for a configured model."""
+    return model.license or LICENSES[model.engine]
+
+
+def check_license(model: ModelSettings) -> None:
+    """Refuse to start weights whose licence forbids commercial use unless the operator
+    acknowledged it with ``accept_license = "non-commercial"``."""
+    licence = license_of(model)
+    if NON_COMMERCIAL in licence and model.accept_license != NON_COMMERCIAL:
+        raise EngineLoadError(
+            f"model {model.name!r} ({model.engine}): the weights' licence is {licence!r}, which "
+            "does not allow commercial use. If your use is non-commercial, acknowledge it with "
+            f'accept_license = "{NON_COMMERCIAL}" in this model\'s settings '
+            f"(RETOUCH_MODELS__<i>__ACCEPT_LICENSE); otherwise serve a model with an open licence."
+        )
 
 
 def build_engine(model: ModelSettings) -> Engine:
+    check_license(model)
     if model.engine == "echo":
         from retouch.engine.echo import EchoEngine
 

@@ -21,6 +21,7 @@ DEFAULT_WEIGHTS: dict[str, str | None] = {
     "qwen-image-edit": "Qwen/Qwen-Image-Edit-2511",
     # SD inpainting weights are the operator's choice (several community copies exist).
     "sd-inpaint": None,
+    "flux-kontext": "black-forest-labs/FLUX.1-Kontext-dev",  # gated on the hub: accept its licence
 }
 
 # Files a diffusers folder never needs: other frameworks' formats and training leftovers.

@@ -192,13 +192,17 @@ class LocalBackend:
                 loop.call_soon_threadsafe(self._release, done, elapsed)
 
         future.add_done_callback(finished)
+        run_deadline = asyncio.timeout(self.run_deadline_s)
         try:
-            async with asyncio.timeout(self.run_deadline_s):
+            async with run_deadline:
                 return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             self._cancel(future, progress, "client went away")
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
+            if not run_deadline.expired():  # the engine's own TimeoutError: a failure
+                log.exception("engine %s failed", self.info.name)
+                raise EngineFailed("The engine failed while processing the request (TimeoutError).") from exc
             self._cancel(future, progress, "run deadline")
             raise RunTimeout(
                 f"The model '{self.info.name}' did not finish within its run deadline of "

@@ -84,7 +84,7 @@ class PreparedEdit:
     backend: Backend
     ticket: Ticket
     deadline: float
-    """Queue deadline (``time.monotonic()``), counted from admission."""
+    """Queue deadline (``time.monotonic()``), counted from the end of the upload."""
     headers: dict[str, str]
     """The key's ``x-ratelimit-*`` headers as of admission."""
     started: float = field(default_factory=time.monotonic)
@@ -153,7 +153,9 @@ class EditService:
             principal, model=params.model, images=params.n, served_model=params.served_model
         )
         admitted = time.monotonic()
-        deadline = admission.ticket.admitted_at + self.settings.queue.deadline_s
+        # The queue deadline counts from here, not from the ticket: the upload itself is bounded
+        # by limits.receipt_timeout_s.
+        deadline = admitted + self.settings.queue.deadline_s
         inputs = len(form.images)
         try:
             job, sizes = await self._decode(form, params, deadline)

@@ -65,7 +65,7 @@ def decode_job(
             f"{first.width}x{first.height}.",
             param=first.upload.param,
         )
-    images = tuple(decode.load_pixels(o) for o in opened)
+    images = tuple(_load(o) for o in opened)
     mask = None
     if mask_opened is not None:
         mask = decode.mask_pixels(mask_opened, (first.width, first.height))
@@ -90,6 +90,15 @@ def decode_job(
         partial_images=params.partial_images,
     )
     return job, [(o.width, o.height) for o in opened]
+
+
+def _load(opened: decode.OpenedImage) -> Pixels:
+    """The pixels, with Pillow's own decoded copy freed at once: otherwise a 16-image request
+    holds every image twice until the last one is decoded."""
+    try:
+        return decode.load_pixels(opened)
+    finally:
+        opened.image.close()
 
 
 def encode_output(pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:

@@ -1,14 +1,18 @@
 """``classic``: the built-in offline engine. Real, deterministic edits with classical image
-processing (OpenCV, Pillow), no model weights, and a plain refusal for anything else.
+processing (OpenCV, Pillow) and a small bundled segmentation model (U²-Net-p, ONNX), and a
+plain refusal for anything else.
 
 Modules: ``grammar`` + ``phrases`` (prompt -> operations), ``operations`` (the ``Op`` type),
-``ops`` (colour and filter operations), ``fill`` (inpainting), ``matting`` (foreground
-separation), ``text`` (text rendering with the bundled font), ``pipeline`` (runs a plan on a
-job). See ``docs/classic-engine.md``.
+``ops`` (colour and filter operations), ``fill`` (inpainting), ``learned_fill`` (optional ONNX
+inpainter), ``segment`` (the segmentation model), ``matting`` (foreground separation),
+``model_files`` (where optional ONNX files come from), ``text`` (text rendering with the
+bundled font), ``pipeline`` (runs a plan on a job). See ``docs/classic-engine.md``.
 
 Options (``ModelSettings.options``): ``fill_budget`` (hole pixels filled at the coarse scale,
 default 4500; larger is slower and sharper), ``font`` (path of a font for text the bundled
-font cannot draw, e.g. a CJK font).
+font cannot draw, e.g. a CJK font), ``segmenter`` ("auto", "learned" or "grabcut"),
+``matte_model`` (another ONNX segmenter: a path or ``hf:OWNER/REPO/FILE``), ``fill_model``
+(an ONNX inpainter, same forms; default: the classical fill).
 """
 
 from __future__ import annotations
@@ -17,12 +21,22 @@ import functools
 import logging
 from typing import Any
 
-from retouch.engine.classic import pipeline
+from retouch.engine.classic import model_files, pipeline
 from retouch.engine.classic.fill import DEFAULT_BUDGET
 from retouch.engine.classic.grammar import NotUnderstood, parse
+from retouch.engine.classic.learned_fill import OnnxInpainter
+from retouch.engine.classic.matting import foreground_alpha
 from retouch.engine.classic.operations import GEOMETRIC, VARIABLE, Op
+from retouch.engine.classic.segment import Segmenter, segmenter
 from retouch.engine.classic.text import font_paths, missing_characters
-from retouch.engine.types import EditJob, EditOutput, EngineInfo, Progress
+from retouch.engine.types import (
+    EditJob,
+    EditOutput,
+    EngineInfo,
+    EngineLoadError,
+    Pixels,
+    Progress,
+)
 from retouch.errors import UnsupportedInstruction
 
 log = logging.getLogger(__name__)
@@ -46,24 +60,86 @@ def _parse(prompt: str) -> tuple[Op, ...]:
     return tuple(parse(prompt))
 
 
+SEGMENTERS = ("auto", "learned", "grabcut")
+
+
+def _text_option(opts: dict[str, Any], key: str) -> str | None:
+    value = opts.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise EngineLoadError(f"classic option {key!r} must be a non-empty string, not {value!r}")
+    return value
+
+
 class ClassicEngine:
     def __init__(self, name: str = "classic", options: dict[str, Any] | None = None) -> None:
         opts = options or {}
         font = opts.get("font")
+        kind = opts.get("segmenter", "auto")
+        if kind not in SEGMENTERS:
+            raise EngineLoadError(
+                f"classic option 'segmenter' must be one of {', '.join(SEGMENTERS)}, not {kind!r}"
+            )
+        self.name = name
+        self._segmenter_kind = str(kind)
+        self._matte_model = _text_option(opts, "matte_model")
+        self._fill_model = _text_option(opts, "fill_model")
+        if self._matte_model and kind == "grabcut":
+            raise EngineLoadError("classic option 'matte_model' cannot be used with segmenter='grabcut'")
+        self._segmenter: Segmenter | None = None
         self.settings = pipeline.Settings(
             fill_budget=int(opts.get("fill_budget", DEFAULT_BUDGET)),
             font=str(font) if font else None,
             fonts=tuple(font_paths(str(font) if font else None)),
+            matte=self._matte,
         )
-        self.info = EngineInfo(
-            name=name,
-            description="Built-in classical image processing (no model weights): "
-            "colour, filters, geometry, text, background and masked fill.",
+        self.info = self._describe()
+
+    def _describe(self) -> EngineInfo:
+        if self._segmenter is not None:
+            matte = self._segmenter.name
+        elif self._segmenter_kind == "grabcut":
+            matte = "GrabCut"
+        else:
+            matte = "not loaded yet"
+        fill = self.settings.inpainter.name if self.settings.inpainter else "classical"
+        return EngineInfo(
+            name=self.name,
+            description="Built-in classical image processing: colour, filters, geometry, text, "
+            f"background and masked fill. Segmenter: {matte}; fill: {fill}.",
             max_images=2,
         )
 
+    @property
+    def segmenter(self) -> Segmenter:
+        """The active segmenter, loaded on first use (``load`` does it at start-up)."""
+        if self._segmenter is None:
+            path = (
+                model_files.resolve("matte_model", self._matte_model, name=self.name)
+                if self._matte_model
+                else None
+            )
+            self._segmenter = segmenter(path, kind=self._segmenter_kind)
+            self.info = self._describe()
+        return self._segmenter
+
+    def _matte(self, rgb: Pixels) -> Pixels:
+        return foreground_alpha(rgb, self.segmenter)
+
     def load(self) -> None:
-        return None
+        active = self.segmenter
+        if self._fill_model:
+            path = model_files.resolve("fill_model", self._fill_model, name=self.name)
+            self.settings = pipeline.Settings(
+                fill_budget=self.settings.fill_budget,
+                font=self.settings.font,
+                fonts=self.settings.fonts,
+                matte=self._matte,
+                inpainter=OnnxInpainter(path),
+            )
+        self.info = self._describe()
+        log.info("classic %s: segmenter %s", self.name, active.name)
 
     def close(self) -> None:
         return None

@@ -1,84 +1,240 @@
-"""Foreground/background separation without model weights.
+"""Foreground/background separation: a learned model's probabilities, refined at full size.
 
-1. **Seeding from the borders**: on a small copy (``work_size`` pixels on the long side) the
-   outermost pixel ring is marked as certain background and everything else as probable
-   foreground; OpenCV's GrabCut then fits colour models to both and cuts along the edges.
-   This assumes a subject that does not fill the whole frame edge to edge, which is the
-   usual case for product shots and portraits.
-2. **Refinement**: the small hard mask is cleaned (small islands removed), blown back up and
-   turned into a soft alpha with a guided filter (coefficients computed at a reduced scale and
-   upsampled, He & Sun's "fast guided filter"), so the edge follows the full-resolution image.
+With the learned segmenter (``segment``, U²-Net-p by default):
+
+1. **Probabilities** from the model at its own resolution (320x320), scaled to the image.
+2. **Depth of field**: in a photo whose subject is in focus and whose background is not (a
+   product shot, a portrait), the model can also mark a salient but blurred background object.
+   Edges are found at ``ANALYSIS_SIZE`` and classed sharp or blurred by the ratio of gradient
+   magnitudes before and after a re-blur by one pixel (Zhuo and Sim's defocus estimate: a
+   step edge blurred by sigma gives sqrt(sigma^2 + 1) / sigma, near 1 when sigma is large).
+   Only when the model's foreground is mostly sharp-edged and the rest mostly blurred,
+   everything that is connected to the background without crossing a sharp edge becomes
+   background, unless that would take most of the model's foreground (a gap in the outline).
+3. **Trimap and cut**: confident regions of the model (eroded) become certain foreground and
+   background, the rest (the uncertain band, plus anything step 2 doubts) is decided by
+   OpenCV's GrabCut at ``CUT_SIZE`` from colour models of the certain regions; so holes that
+   show the background stay holes. GrabCut's random start is seeded (``cv2.setRNGSeed``) on
+   the calling thread, so the result is the same in every thread.
+4. **Soft edge at full resolution**: a colour guided filter (He et al.) of the cut, run on the
+   full-size image in a band a few pixels wide around the edge only; elsewhere the alpha is
+   0 or 255.
+
+Without onnxruntime (``GrabCutSegmenter``) the classical matte is used: GrabCut seeded from the
+image border on a small copy, small islands dropped, a fast guided filter for the edge.
+``bench/matting.py`` measures every step.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
-from retouch.engine.classic.arrays import u8
+from retouch.engine.classic.arrays import f32, u8
+from retouch.engine.classic.segment import Segmenter, default_segmenter
 from retouch.engine.types import Pixels
 
+BoolMask = npt.NDArray[np.bool_]
+FloatImage = npt.NDArray[np.float32]
+
 WORK_SIZE = 96
-"""Long side of the copy GrabCut runs on: its cost grows with the pixel count, and 96 keeps a
-1024x1024 matte within the 150 ms budget on one core (``bench/classic.py``)."""
+"""Long side of the copy the fallback GrabCut runs on (its cost grows with the pixel count)."""
 ITERATIONS = 2
+ANALYSIS_SIZE = 512
+"""Long side at which edges are found and classed sharp or blurred."""
+CUT_SIZE = 384
+"""Long side at which GrabCut decides the uncertain pixels (cost grows with the pixel count:
+about 100 ms at 384 on one core)."""
+SURE = 0.9
+"""Model probability above which (or below 1 - SURE) a pixel is confident, before erosion."""
+SHARP_RATIO = 1.2
+BLURRED_RATIO = 1.12
+"""Gradient ratios (before / after a 1-pixel re-blur) above which an edge is sharp, below
+which it is blurred (sharp edges measure 1.4-2.5, a background blurred by 3+ pixels at the
+analysis size 1.02-1.1)."""
 
 
-def foreground_alpha(
+def foreground_alpha(rgb: Pixels, segmenter: Segmenter | None = None) -> Pixels:
+    """Alpha (H x W uint8, 255 = foreground) of the main subject of ``rgb``."""
+    seg = segmenter if segmenter is not None else default_segmenter()
+    rgb = np.ascontiguousarray(rgb[:, :, :3])
+    if not seg.learned:
+        return grabcut_alpha(rgb)
+    return refine(rgb, seg.probability(rgb))
+
+
+def refine(rgb: Pixels, probability: FloatImage) -> Pixels:
+    """Steps 2-4 above: the full-size alpha from the model's probabilities."""
+    h, w = rgb.shape[:2]
+    cut = _cut(rgb, probability)
+    if not cut.any():
+        return np.zeros((h, w), np.uint8)
+    return _soft_edge(rgb, cut)
+
+
+def _size(shape: tuple[int, ...], long_side: int) -> tuple[int, int]:
+    h, w = shape[:2]
+    s = min(1.0, long_side / max(h, w))
+    return max(8, round(w * s)), max(8, round(h * s))
+
+
+def _disk(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _gradient(image: FloatImage) -> FloatImage:
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1)
+    return f32(cv2.magnitude(gx, gy)).reshape(image.shape)
+
+
+def edges(rgb: Pixels) -> tuple[BoolMask, BoolMask]:
+    """Sharp and blurred edge pixels of ``rgb`` (colour Canny, then the re-blur ratio)."""
+    colour = rgb.astype(np.float32)
+    before = _gradient(colour).max(axis=2)
+    after = _gradient(f32(cv2.GaussianBlur(colour, (0, 0), 1.0))).max(axis=2)
+    ratio = before / (after + 1e-3)
+    found = cv2.Canny(rgb, 20, 50) > 0
+    return found & (ratio > SHARP_RATIO), found & (ratio < BLURRED_RATIO)
+
+
+def depth_of_field(rgb: Pixels, probability: FloatImage) -> tuple[BoolMask, BoolMask] | None:
+    """At ``ANALYSIS_SIZE``: (certain background, doubtful) from the focus cue, or None when
+    the photo does not have an in-focus subject on an out-of-focus background."""
+    size = _size(rgb.shape, ANALYSIS_SIZE)
+    small = u8(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+    p = f32(cv2.resize(probability, size, interpolation=cv2.INTER_LINEAR))
+    sharp, blurred = edges(small)
+    found = sharp | blurred
+    fg = p > 0.5
+    inside, outside = int((found & fg).sum()), int((found & ~fg).sum())
+    if not inside or not outside:
+        return None
+    if (sharp & fg).sum() < 0.3 * inside or (blurred & ~fg).sum() < 0.6 * outside:
+        return None
+    r = max(2, round(max(size) / 128))
+    sure_bg = cv2.erode((p < 1 - SURE).astype(np.uint8), _disk(2)) > 0
+    walls = cv2.dilate(sharp.astype(np.uint8), _disk(1))
+    count, labels = cv2.connectedComponents((walls == 0).astype(np.uint8), connectivity=4)
+    votes = np.bincount(labels[sure_bg], minlength=count)
+    votes[0] = 0
+    background = labels == int(votes.argmax())
+    near_sharp = cv2.dilate(sharp.astype(np.uint8), _disk(r)) > 0
+    certain = np.zeros_like(fg)
+    doubtful = np.zeros_like(fg)
+    # A gap in the subject's sharp outline joins it to the background: then the component
+    # holds most of the model's foreground, and the cue is not used.
+    if (background & fg).sum() < 0.8 * fg.sum():
+        certain |= background & ~near_sharp
+        doubtful |= background & near_sharp
+    far_from_sharp = cv2.dilate(sharp.astype(np.uint8), _disk(2 * r)) == 0
+    certain |= (cv2.dilate(blurred.astype(np.uint8), _disk(r)) > 0) & far_from_sharp
+    return certain, doubtful
+
+
+def _cut(rgb: Pixels, probability: FloatImage) -> BoolMask:
+    """Steps 2-3: the hard foreground at ``CUT_SIZE``."""
+    size = _size(rgb.shape, CUT_SIZE)
+    small = u8(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+    p = f32(cv2.resize(probability, size, interpolation=cv2.INTER_LINEAR))
+    mask = np.where(p > 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    sure_fg = cv2.erode((p > SURE).astype(np.uint8), _disk(2)) > 0
+    sure_bg = cv2.erode((p < 1 - SURE).astype(np.uint8), _disk(2)) > 0
+    focus = depth_of_field(rgb, probability)
+    if focus is not None:
+        certain, doubtful = (
+            cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+            for m in focus
+        )
+        mask[doubtful] = cv2.GC_PR_BGD
+        sure_bg |= certain
+        sure_fg &= ~(certain | doubtful)
+    mask[sure_fg] = cv2.GC_FGD
+    mask[sure_bg] = cv2.GC_BGD
+    fg_labels = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    if not fg_labels.any():
+        return np.zeros(size[::-1], bool)
+    if (mask == cv2.GC_BGD).any() or (mask == cv2.GC_PR_BGD).any():
+        _grabcut(small, mask, 2)
+    fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    return _drop_islands(fg, 0.02)
+
+
+def _grabcut(small: Pixels, mask: np.ndarray, iterations: int) -> None:
+    bgd = np.zeros((1, 65), np.float64)
+    fgd = np.zeros((1, 65), np.float64)
+    # GrabCut starts its colour models with k-means from the thread's random generator:
+    # seed it here so that every thread gives the same cut.
+    cv2.setRNGSeed(0x5EED)
+    cv2.grabCut(small, mask, (0, 0, 0, 0), bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
+
+
+def _soft_edge(rgb: Pixels, cut: BoolMask, radius: int = 2, eps: float = 1e-4) -> Pixels:
+    """Step 4: the cut scaled to full size, its edge band replaced by a colour guided filter."""
+    h, w = rgb.shape[:2]
+    up = f32(cv2.resize(cut.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
+    alpha = u8(np.where(up >= 0.5, 255, 0))
+    band = (up > 0.01) & (up < 0.99)
+    if not band.any():
+        return alpha
+    grow = max(2, round(max(h, w) / cut.shape[1]) + radius)
+    ys, xs = np.nonzero(band)
+    y0, y1 = max(0, int(ys.min()) - grow - radius), min(h, int(ys.max()) + grow + radius + 1)
+    x0, x1 = max(0, int(xs.min()) - grow - radius), min(w, int(xs.max()) + grow + radius + 1)
+    guide = rgb[y0:y1, x0:x1]
+    soft = f32(cv2.ximgproc.guidedFilter(guide, up[y0:y1, x0:x1], radius, eps * 255 * 255))
+    region = cv2.dilate(band[y0:y1, x0:x1].astype(np.uint8), _disk(grow)) > 0
+    out = alpha[y0:y1, x0:x1]
+    out[region] = u8(np.clip(soft[region] * 255.0 + 0.5, 0, 255))
+    return alpha
+
+
+def grabcut_alpha(
     rgb: Pixels, *, work_size: int = WORK_SIZE, iterations: int = ITERATIONS
 ) -> Pixels:
-    """Alpha (H x W uint8, 255 = foreground) of the main subject of ``rgb``."""
+    """The classical matte (no model): GrabCut seeded from the image border."""
     h, w = rgb.shape[:2]
-    scale = min(1.0, work_size / max(h, w))
-    size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    small = u8(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
-    hard = _grabcut(small, iterations)
+    small = u8(cv2.resize(rgb, _size(rgb.shape, work_size), interpolation=cv2.INTER_AREA))
+    mask = np.full(small.shape[:2], cv2.GC_PR_FGD, np.uint8)
+    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD
+    _grabcut(small, mask, iterations)
+    hard = _drop_islands(((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8))
     if not hard.any() or hard.all():
         # GrabCut found no separation (a flat image, or a subject that fills the frame):
         # say so with a fully opaque matte rather than inventing an outline.
         return np.full((h, w), 255, np.uint8)
-    return _refine(rgb, hard)
+    return _guided_upsample(rgb, hard)
 
 
-def _grabcut(small: Pixels, iterations: int) -> np.ndarray:
-    mask = np.full(small.shape[:2], cv2.GC_PR_FGD, np.uint8)
-    mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = cv2.GC_BGD
-    bgd = np.zeros((1, 65), np.float64)
-    fgd = np.zeros((1, 65), np.float64)
-    cv2.grabCut(small, mask, (0, 0, 0, 0), bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
-    fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-    return _drop_islands(fg)
-
-
-def _drop_islands(fg: np.ndarray) -> np.ndarray:
-    """Keep foreground components of at least 5 % of the largest one."""
+def _drop_islands(fg: np.ndarray, keep_frac: float = 0.05) -> BoolMask:
+    """Keep foreground components of at least ``keep_frac`` of the largest one."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if count <= 2:
         return fg.astype(bool)
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.flatnonzero(areas >= 0.05 * areas.max()) + 1
+    keep = np.flatnonzero(areas >= keep_frac * areas.max()) + 1
     return np.isin(labels, keep)
 
 
-def _refine(rgb: Pixels, hard: np.ndarray, radius_frac: float = 0.012) -> Pixels:
+def _guided_upsample(rgb: Pixels, hard: BoolMask, radius_frac: float = 0.012) -> Pixels:
+    """He and Sun's fast guided filter: coefficients at <= 256 px, applied at full size."""
     h, w = rgb.shape[:2]
-    guide_scale = min(1.0, 256.0 / max(h, w))
-    gs = (max(8, round(w * guide_scale)), max(8, round(h * guide_scale)))
-    guide = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), gs, interpolation=cv2.INTER_AREA)
-    guide = guide.astype(np.float32) / 255.0
-    src = cv2.resize(hard.astype(np.float32), gs, interpolation=cv2.INTER_LINEAR)
+    gs = _size(rgb.shape, 256)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    guide = f32(cv2.resize(gray, gs, interpolation=cv2.INTER_AREA)) / 255.0
+    src = f32(cv2.resize(hard.astype(np.float32), gs, interpolation=cv2.INTER_LINEAR))
     r = max(1, round(max(gs) * radius_frac * 4))
     a, b = _guided_coefficients(guide, src, r, 1e-3)
     a_full = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
     b_full = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-    full_guide = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    alpha = a_full * full_guide + b_full
+    alpha = a_full * (f32(gray) / 255.0) + b_full
     return u8(np.clip(alpha * 255.0 + 0.5, 0, 255))
 
 
 def _guided_coefficients(
-    guide: np.ndarray, src: np.ndarray, radius: int, eps: float
-) -> tuple[np.ndarray, np.ndarray]:
+    guide: FloatImage, src: FloatImage, radius: int, eps: float
+) -> tuple[FloatImage, FloatImage]:
     k = (2 * radius + 1, 2 * radius + 1)
     mean_i = cv2.boxFilter(guide, -1, k)
     mean_p = cv2.boxFilter(src, -1, k)
@@ -86,10 +242,11 @@ def _guided_coefficients(
     var = cv2.boxFilter(guide * guide, -1, k) - mean_i * mean_i
     a = cov / (var + eps)
     b = mean_p - a * mean_i
-    return cv2.boxFilter(a, -1, k), cv2.boxFilter(b, -1, k)
+    return f32(cv2.boxFilter(a, -1, k)), f32(cv2.boxFilter(b, -1, k))
 
 
-def extract_foreground(rgb: Pixels) -> Pixels:
+def extract_foreground(rgb: Pixels, segmenter: Segmenter | None = None) -> Pixels:
     """RGBA: ``rgb`` with the alpha of its main subject (used by the generative engines for
     ``background=transparent``)."""
-    return np.dstack([rgb[:, :, :3], foreground_alpha(rgb[:, :, :3])])
+    colour = rgb[:, :, :3]
+    return np.dstack([colour, foreground_alpha(colour, segmenter)])

@@ -22,6 +22,7 @@ import numpy as np
 from retouch.engine.classic import ops
 from retouch.engine.classic.arrays import u8
 from retouch.engine.classic.fill import fill
+from retouch.engine.classic.learned_fill import OnnxInpainter
 from retouch.engine.classic.matting import foreground_alpha
 from retouch.engine.classic.operations import Op
 from retouch.engine.classic.text import draw_text, pick_font
@@ -95,6 +96,10 @@ class Settings:
     fill_budget: int
     font: str | None
     fonts: tuple[Path, ...]
+    matte: Callable[[Pixels], Pixels] = foreground_alpha
+    """The subject's alpha (``matting.foreground_alpha`` with the engine's segmenter)."""
+    inpainter: OnnxInpainter | None = None
+    """A learned fill model (option ``fill_model``); None = the classical fill."""
 
 
 def render(
@@ -110,7 +115,7 @@ def render(
     ``check`` is called between operations (it raises when the job was cancelled)."""
     source, mask = _inputs(job)
     rgb, alpha = _split(source)
-    canvas = Canvas(rgb.copy(), alpha, rgb, foreground_alpha)
+    canvas = Canvas(rgb.copy(), alpha, rgb, settings.matte)
     stages = Stages(publish, partial_stages(stage_count(plan), job.partial_images))
 
     def composed() -> Pixels:
@@ -184,7 +189,7 @@ def _apply(
     name = op.name
     if name == "fill":
         assert mask is not None  # the engine's check refuses fill without a mask
-        _fill(canvas, mask, settings.fill_budget, variant, on_stage)
+        _fill(canvas, mask, settings, variant, on_stage)
     elif name in _COLOUR:
         canvas.rgb = _COLOUR[name](canvas.rgb, op, variant, on_stage)
     elif name == "flip":
@@ -209,8 +214,15 @@ def _apply(
         raise ValueError(f"unknown operation {name!r}")
 
 
-def _fill(canvas: Canvas, mask: Pixels, budget: int, variant: int, on_stage: StageHook) -> None:
+def _fill(
+    canvas: Canvas, mask: Pixels, settings: Settings, variant: int, on_stage: StageHook
+) -> None:
     hole = mask > 0
+    budget = settings.fill_budget
+    if canvas.alpha is None and settings.inpainter is not None:
+        canvas.rgb = settings.inpainter.fill(canvas.rgb, hole, variant=variant, on_stage=on_stage)
+        return
+    # An image with alpha goes to the classical fill, which fills the alpha channel too.
     if canvas.alpha is None:
         canvas.rgb = fill(canvas.rgb, hole, budget=budget, variant=variant, on_stage=on_stage)
         return

@@ -1,0 +1,145 @@
+"""Benchmark of the classic engine's foreground matte on composites with exact masks.
+
+    python bench/matting.py                      # IoU, time and memory (about a minute)
+    python bench/matting.py --pictures docs/img  # also the side-by-side pictures
+
+The composites (``bench/composites.py``) paste sharp subjects (scikit-image's logo, its horse
+silhouette filled with photo texture, polygons and discs, some with holes) onto blurred photos
+at 1024x1024. IoU is of alpha > 127 against the pasted mask, for three methods in the same
+run: GrabCut (the classical fallback), the raw U²-Net-p (its probability > 0.5, scaled up)
+and retouch's refined matte. Time is CPU time per image on ONE core (process pinned, OpenCV
+and onnxruntime single-threaded), split into the refinement's steps. Memory is the peak RSS a
+fresh process adds when it loads the model and mattes one 1024x1024 image.
+Needs scikit-image (a dev dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "src")]
+
+from bench.composites import Composite, build  # noqa: E402
+
+from retouch.engine.classic import matting  # noqa: E402
+from retouch.engine.classic.segment import segmenter  # noqa: E402
+
+
+def iou(alpha: np.ndarray, mask: np.ndarray) -> float:
+    fg = alpha > 127
+    return float((fg & mask).sum() / max(1, (fg | mask).sum()))
+
+
+def _cpu(fn, *args):  # type: ignore[no-untyped-def]
+    start = time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - start
+
+
+def run(composites: list[Composite]) -> dict[str, list[float]]:
+    seg = segmenter()
+    scores: dict[str, list[float]] = {"grabcut": [], "raw": [], "refined": []}
+    times: dict[str, list[float]] = {k: [] for k in ("grabcut", "model", "focus+cut", "edge")}
+    print(f"{'composite':40s} {'GrabCut':>8s} {'U2Net-p':>8s} {'retouch':>8s}")
+    for c in composites:
+        h, w = c.mask.shape
+        old, t = _cpu(matting.grabcut_alpha, c.rgb)
+        times["grabcut"].append(t)
+        prob, t = _cpu(seg.probability, c.rgb)
+        times["model"].append(t)
+        raw = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) * 255
+        cut, t = _cpu(matting._cut, c.rgb, prob)
+        times["focus+cut"].append(t)
+        alpha, t = _cpu(matting._soft_edge, c.rgb, cut)
+        times["edge"].append(t)
+        assert np.array_equal(alpha, matting.refine(c.rgb, prob))
+        row = (iou(old, c.mask), iou(raw, c.mask), iou(alpha, c.mask))
+        for key, value in zip(scores, row, strict=True):
+            scores[key].append(value)
+        print(f"{c.name:40s} {row[0]:8.3f} {row[1]:8.3f} {row[2]:8.3f}")
+    print()
+    print("| method | mean IoU | worst IoU |")
+    print("|---|---|---|")
+    for key, label in (("grabcut", "GrabCut (fallback)"), ("raw", "U²-Net-p, raw"),
+                       ("refined", "**retouch (U²-Net-p + refinement)**")):  # fmt: skip
+        print(f"| {label} | {np.mean(scores[key]):.3f} | {min(scores[key]):.3f} |")
+    print()
+    print("CPU time per 1024x1024 image, one core (mean):")
+    for key, values in times.items():
+        print(f"  {key:10s} {1000 * np.mean(values):7.1f} ms")
+    total = np.mean(times["model"]) + np.mean(times["focus+cut"]) + np.mean(times["edge"])
+    print(f"  retouch total {1000 * total:.1f} ms")
+    return scores
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_probe() -> None:
+    """Run in a fresh process: print the peak RSS (MB) that loading the model and one matte
+    of a 1024x1024 image add to a process that has the image and the libraries loaded."""
+    image = build(1024, count=1)[0].rgb
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _status("VmRSS")
+    matting.foreground_alpha(image, segmenter())
+    print(f"{(_status('VmHWM') - before) / 1024:.1f}")
+
+
+def pictures(composites: list[Composite], folder: Path, names: list[int]) -> None:
+    """Side by side: input, GrabCut, retouch — each cut-out on a checkerboard."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    seg = segmenter()
+    tile = 256
+    yy, xx = np.mgrid[0:tile, 0:tile]
+    board = np.where(((yy // 16 + xx // 16) % 2)[:, :, None] == 0, 205, 250).astype(np.uint8)
+    board = np.repeat(board, 3, axis=2)
+    rows = []
+    for i in names:
+        c = composites[i]
+        small = cv2.resize(c.rgb, (tile, tile), interpolation=cv2.INTER_AREA)
+        cells = [small]
+        for alpha in (matting.grabcut_alpha(c.rgb), matting.foreground_alpha(c.rgb, seg)):
+            a = cv2.resize(alpha, (tile, tile), interpolation=cv2.INTER_AREA)[:, :, None] / 255.0
+            cells.append((small * a + board * (1 - a)).astype(np.uint8))
+        rows.append(np.hstack([np.pad(x, ((2, 2), (2, 2), (0, 0)), constant_values=255) for x in cells]))
+    path = folder / "matting-comparison.png"
+    Image.fromarray(np.vstack(rows)).quantize(colors=255, dither=Image.Dither.NONE).save(path, optimize=True)
+    print(f"wrote {path} ({path.stat().st_size // 1024} KB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pictures", type=Path, default=None)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    cv2.setNumThreads(1)
+    if args.memory_probe:
+        memory_probe()
+        return
+    composites = build(1024)
+    run(composites)
+    probe = subprocess.run(
+        [sys.executable, __file__, "--memory-probe"], capture_output=True, text=True, check=True
+    )
+    print(f"peak RSS added by the learned matte (fresh process): {probe.stdout.strip()} MB")
+    if args.pictures is not None:
+        pictures(composites, args.pictures, [1, 3, 7, 14])
+
+
+if __name__ == "__main__":
+    main()
