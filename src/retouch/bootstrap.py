@@ -17,6 +17,7 @@ from retouch.accounting.gate import Gate, OpenGate, ServingRefused, serving_chec
 from retouch.config import ModelSettings, Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
+from retouch.metrics import Metrics
 from retouch.net.fetch import Fetcher
 from retouch.scheduler.base import Backend
 from retouch.scheduler.local import LocalBackend
@@ -24,7 +25,8 @@ from retouch.scheduler.upstream import UpstreamBackend
 from retouch.service.edits import EditService
 from retouch.service.models import ModelRoutes
 from retouch.service.tokens import load_tokenizer
-from retouch.storage.local import LocalBlobStore
+from retouch.storage import open_store
+from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
 
 log = logging.getLogger(__name__)
@@ -41,8 +43,9 @@ class Services:
     """One backend per configured model name."""
     edits: EditService
     gate: Gate
-    store: LocalBlobStore
+    store: BlobStore
     signer: UrlSigner
+    metrics: Metrics
     fetcher: Fetcher = field(default_factory=Fetcher)
     """SSRF-safe downloads: ``image_url`` inputs and a relay's mirrored links."""
 
@@ -52,7 +55,9 @@ async def open_gate(settings: Settings) -> Gate:
     return OpenGate()
 
 
-def local_backend(engine: Engine, model: ModelSettings, settings: Settings) -> LocalBackend:
+def local_backend(
+    engine: Engine, model: ModelSettings, settings: Settings, metrics: Metrics | None = None
+) -> LocalBackend:
     queue = settings.queue
     return LocalBackend(
         engine,
@@ -60,18 +65,30 @@ def local_backend(engine: Engine, model: ModelSettings, settings: Settings) -> L
         max_queue=queue.max_queue,
         run_deadline_s=model.run_deadline_s or queue.run_deadline_s,
         cancel_grace_s=queue.cancel_grace_s,
+        observer=metrics,
     )
 
 
 async def start_services(
-    settings: Settings, engines: dict[str, Engine], gate_factory: GateFactory
+    settings: Settings,
+    engines: dict[str, Engine],
+    gate_factory: GateFactory,
+    metrics: Metrics | None = None,
 ) -> Services:
     """``engines``: already loaded engines by model name (they were loaded by whoever built
-    them); the other configured models are built and loaded here."""
+    them); the other configured models are built and loaded here. With the Ray backend the
+    engines load in the cluster's replicas instead, and every model gets a ``RayBackend``."""
+    metrics = metrics or Metrics()
     routes = ModelRoutes(settings)
     await asyncio.to_thread(load_tokenizer)
     backends: dict[str, Backend] = {}
+    if settings.cluster.backend == "ray":
+        from retouch.scheduler.ray import attach
+
+        backends.update(await attach(settings, observer=metrics))
     for model in settings.models:
+        if model.name in backends:  # a cluster backend, attached above
+            continue
         if model.upstream is not None:  # a relay: a backend without an engine
             backends[model.name] = UpstreamBackend(
                 model.name, model.upstream, max_queue=settings.queue.max_queue
@@ -81,7 +98,7 @@ async def start_services(
         if engine is None:
             engine = build_engine(model)
             await asyncio.to_thread(engine.load)
-        backends[model.name] = local_backend(engine, model, settings)
+        backends[model.name] = local_backend(engine, model, settings, metrics)
     gate = await gate_factory(settings)
     if gate.open_mode:  # the open-mode rule, whatever the gate
         try:
@@ -89,17 +106,19 @@ async def start_services(
         except ServingRefused:
             await gate.close()
             raise
-    store = LocalBlobStore(settings.data_dir / "blobs")
+    store = await asyncio.to_thread(open_store, settings.storage, settings.data_dir)
     signer = UrlSigner.from_settings(settings.storage.signing_keys, settings.data_dir)
     fetcher = Fetcher()
-    edits = EditService(settings, routes, backends, gate, store, signer, fetcher=fetcher)
-    return Services(settings, routes, backends, edits, gate, store, signer, fetcher)
+    edits = EditService(settings, routes, backends, gate, store, signer, metrics, fetcher=fetcher)
+    metrics.watch_queues(lambda: [(name, b.stats()) for name, b in backends.items()])
+    return Services(settings, routes, backends, edits, gate, store, signer, metrics, fetcher)
 
 
 async def stop_services(services: Services) -> None:
     """Backends first (they wait, bounded, for running jobs before freeing engines)."""
     await asyncio.gather(*(b.close() for b in services.workers.values()))
     services.edits.close()
+    services.store.close()
     await services.gate.close()
 
 

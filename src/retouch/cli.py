@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,9 +47,9 @@ def serve(
         config, models, host=host, port=port, data_dir=data_dir,
         database_url=database_url, insecure=insecure,
     )  # fmt: skip
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from retouch.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from retouch.accounting.database_gate import ServingRefused, database_gate, prepare_database
 
@@ -60,7 +59,8 @@ def serve(
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"accounts database: {exc}") from None
-    engines = load_engines(settings)
+    # With the Ray backend the engines load in the cluster's replicas, not in this front.
+    engines = load_engines(settings) if settings.cluster.backend == "local" else {}
     app = build_app(settings, engines=engines, gate_factory=database_gate)
     served = ", ".join(
         f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
@@ -73,6 +73,20 @@ def serve(
         err=True,
     )
     uvicorn.Server(server_config(app, settings)).run()
+
+
+@main.command("cluster-config")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="TOML config file.")
+@click.option("--model", "model_flags", multiple=True, help="NAME=ENGINE[:WEIGHTS]; repeatable.")
+def cluster_config(config: Path | None, model_flags: tuple[str, ...]) -> None:
+    """Print the Ray Serve config that 'retouch serve' submits for the Ray backend (JSON,
+    which is also YAML): for 'serve deploy' or a KubeRay RayService's serveConfigV2."""
+    import orjson
+
+    from retouch.cluster.deploy import serve_config
+
+    settings = build_settings(config, model_flags)
+    click.echo(orjson.dumps(serve_config(settings), option=orjson.OPT_INDENT_2).decode())
 
 
 @main.group()

@@ -121,7 +121,54 @@ class QueueSettings(_Group):
     )
 
 
+class S3Settings(_Group):
+    endpoint_url: str | None = Field(
+        None,
+        description="URL of the S3-compatible service (e.g. https://s3.example.com); "
+        "default: AWS S3 of the region. Credentials come from the standard AWS environment "
+        "variables, files or instance roles, never from this file.",
+    )
+    bucket: str = Field("retouch", min_length=3, description="Bucket for image blobs.")
+    prefix: str = Field(
+        "blobs/", description="Key prefix of retouch's objects inside the bucket."
+    )
+    region: str | None = Field(
+        None, description="Region name for request signing; default: the AWS configuration."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing; most self-hosted S3 services need 'path'."
+    )
+    create_bucket: bool = Field(
+        True, description="Create the bucket at start-up when it does not exist."
+    )
+    lifecycle_days: int | None = Field(
+        None,
+        ge=1,
+        description="Also install a bucket lifecycle rule expiring retouch's objects after "
+        "this many days (a backstop: the sweep deletes them at their exact expiry).",
+    )
+    presign: bool = Field(
+        False,
+        description="Answer response_format=url with S3 presigned URLs (clients fetch from S3) "
+        "instead of retouch-signed links served by the fronts.",
+    )
+    presign_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint that presigned URLs name, when clients reach S3 by another "
+        "address than the fronts do; default: endpoint_url.",
+    )
+    max_connections: int = Field(
+        32, ge=1, description="Connection pool size of the S3 client (per front)."
+    )
+
+
 class StorageSettings(_Group):
+    backend: Literal["local", "s3"] = Field(
+        "local",
+        description="Where image blobs live: 'local' (DATA_DIR/blobs, one front) or 's3' "
+        "(shared by every front; see [storage.s3]).",
+    )
+    s3: S3Settings = Field(default_factory=S3Settings, description="The S3 blob store.")
     url_ttl_s: int = Field(3600, gt=0, description="Lifetime of signed image URLs in seconds.")
     signing_keys: list[str] = Field(
         default_factory=list,
@@ -252,7 +299,31 @@ class ModelSettings(_Group):
     aliases: list[str] = Field(
         default_factory=list, description="More request names for this model."
     )
-    workers: int = Field(1, ge=1, description="Jobs this model runs at once.")
+    workers: int = Field(
+        1, ge=1, description="Jobs this model runs at once (per replica with the Ray backend)."
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Ray backend: fixed number of engine replicas (default 1, or autoscaling "
+        "between min_replicas and max_replicas when those are set).",
+    )
+    min_replicas: int | None = Field(
+        None, ge=0, description="Ray backend: autoscaling floor (0 = scale to zero when idle)."
+    )
+    max_replicas: int | None = Field(None, ge=1, description="Ray backend: autoscaling ceiling.")
+    gpus_per_replica: float | None = Field(
+        None,
+        ge=0,
+        description="Ray backend: GPUs each replica reserves; default 1 for generative engines, "
+        "0 for classic and echo.",
+    )
+    cpus_per_replica: float = Field(1.0, ge=0, description="Ray backend: CPUs each replica reserves.")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray backend: custom resources each replica needs (e.g. a node label "
+        'resource such as {"a100" = 1}).',
+    )
     license: str | None = Field(
         None,
         description="Licence of the weights, shown in /v1/models; default: the licence of the "
@@ -287,8 +358,45 @@ class ModelSettings(_Group):
         return self
 
 
+    @model_validator(mode="after")
+    def _replica_counts(self) -> ModelSettings:
+        autoscale = self.min_replicas is not None or self.max_replicas is not None
+        if autoscale and self.replicas is not None:
+            raise ValueError(
+                f"model {self.name!r}: set either replicas or min_replicas/max_replicas"
+            )
+        if autoscale and (self.min_replicas or 0) > (self.max_replicas or 1):
+            raise ValueError(f"model {self.name!r}: min_replicas is above max_replicas")
+        return self
+
+
 def default_models() -> list[ModelSettings]:
     return [ModelSettings(name="classic", engine="classic", family="native")]
+
+
+class ClusterSettings(_Group):
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where engines run: 'local' (worker threads in this process) or 'ray' "
+        "(Ray Serve replicas, shared by every front that uses the same config).",
+    )
+    address: str = Field(
+        "auto",
+        description="Ray cluster to attach to: 'auto' (the cluster of the Ray node on this "
+        "host) or HOST:PORT of the head's GCS. The host must run a Ray node (ray start).",
+    )
+    deploy: bool = Field(
+        True,
+        description="Submit this config's engine deployments at start-up. Idempotent: an "
+        "unchanged config restarts nothing, a changed one updates in place (replica counts, "
+        "queue limits) or rolls the replicas (engine settings). False = only attach.",
+    )
+    deploy_timeout_s: float = Field(
+        600.0, gt=0, description="How long start-up waits for the deployments to run."
+    )
+    namespace: str = Field(
+        "retouch", description="Ray namespace of the fronts' driver processes."
+    )
 
 
 class Settings(BaseSettings):
@@ -330,8 +438,16 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(
         default_factory=FetchSettings, description="Server-side downloads (image_url, mirrors)."
     )
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="Engine backend (local or a Ray cluster)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as one JSON object per line (with the request id) "
+        "for log collectors.",
     )
 
     @classmethod

@@ -42,6 +42,8 @@ from retouch.engine.licences import license_of
 from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
 from retouch.integers import ascii_int
+from retouch.metrics import CONTENT_TYPE as METRICS_TYPE
+from retouch.metrics import Metrics
 from retouch.service.describe import model_capabilities
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,11 @@ def build_app(
     if gate_factory is open_gate:  # known open before start-up: say so at once
         serving_check(settings, has_keys=False)
 
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await start_services(settings, engines or {}, gate_factory)
+        services = await start_services(settings, engines or {}, gate_factory, metrics)
         app.state.services = services
         sweeper = asyncio.create_task(sweep_blobs(services))
         try:
@@ -72,19 +76,24 @@ def build_app(
             sweeper.cancel()
             await stop_services(services)
 
-    return Starlette(
-        routes=[
-            Route("/v1/images/edits", create_edit, methods=["POST"]),
-            Route("/v1/images/generations", create_generation, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
-            Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            *playground_routes(),
+    routes = [
+        Route("/v1/images/edits", create_edit, methods=["POST"]),
+        Route("/v1/images/generations", create_generation, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/v1/organization/usage/images", images_usage, methods=["GET"]),
+        Route("/v1/blobs/{key}", get_blob, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", get_metrics, methods=["GET"]),
+        *playground_routes(),
+    ]
+    paths = {getattr(r, "endpoint", None): r.path for r in routes if isinstance(r, Route)}
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(RequestContext, metrics=metrics, route_of=lambda e: paths.get(e, "other"))
         ],
-        middleware=[Middleware(RequestContext)],
         exception_handlers={
             ClientLeft: handlers.on_client_left,
             RetouchError: handlers.on_retouch_error,
@@ -92,6 +101,8 @@ def build_app(
         },
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    return app
 
 
 def _services(request: Request) -> Services:
@@ -161,6 +172,13 @@ async def get_blob(request: Request) -> Response:
         media_type=blob.content_type,
         headers={"cache-control": "private, max-age=3600", "content-disposition": "inline"},
     )
+
+
+async def get_metrics(request: Request) -> Response:
+    """Prometheus text format; unauthenticated like /healthz (keep it off the public
+    listener or behind the proxy's allow-list)."""
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type=METRICS_TYPE)
 
 
 async def healthz(request: Request) -> Response:

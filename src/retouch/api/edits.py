@@ -74,10 +74,11 @@ async def _create_images(request: Request, mode: Mode) -> Response:
                 request.state.extra_headers = prepared.headers
                 if prepared.params.stream:  # streams are not kept for replay
                     await idem.release()
-                    return _stream(edits, prepared)
+                    return await _stream(request, edits, prepared)
                 response = await until_disconnect(
                     request.receive, edits.respond(prepared, str(request.base_url))
                 )
+                _name_replica(prepared)
                 pieces = render.images_response(response)
                 await idem.remember(pieces)
                 return PiecesResponse(pieces, headers=prepared.headers)
@@ -86,12 +87,25 @@ async def _create_images(request: Request, mode: Mode) -> Response:
         except ClientLeft:
             await edits.abandoned(admission, principal, request_id)
             raise
+        finally:
+            if admission.route is not None:  # the metrics' model label, refusals included
+                request.state.model = admission.route.model.name
 
 
-def _stream(edits: EditService, prepared: PreparedEdit | PreparedRelay) -> Response:
-    return EventStreamResponse(
-        edits.stream(prepared), lambda: edits.abandon(prepared), headers=prepared.headers
-    )
+async def _stream(
+    request: Request, edits: EditService, prepared: PreparedEdit | PreparedRelay
+) -> Response:
+    # Waits until the backend has taken the job (at once locally): the headers name the
+    # replica, and a cluster that is full answers 429 before the 200 goes out.
+    events = await until_disconnect(request.receive, edits.begin_stream(prepared))
+    _name_replica(prepared)
+    return EventStreamResponse(events, lambda: edits.abandon(prepared), headers=prepared.headers)
+
+
+def _name_replica(prepared: PreparedEdit | PreparedRelay) -> None:
+    replica = getattr(prepared, "replica", None)  # a relay has no replica of ours
+    if replica:
+        prepared.headers["x-retouch-replica"] = replica
 
 
 async def read_form(

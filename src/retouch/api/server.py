@@ -261,6 +261,10 @@ def server_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Con
         "timeout_keep_alive": server.keep_alive_s,
         "lifespan": "on",
         "ws": "none",  # no WebSocket routes: an upgrade request is an ordinary request
+        # uvicorn's loggers go through ours (retouch.logs); retouch.access replaces its access
+        # log (same line, plus the request id, route and duration)
+        "log_config": None,
+        "access_log": False,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

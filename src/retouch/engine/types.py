@@ -59,6 +59,8 @@ class EditOutput:
     """Denoising steps (or work stages) actually run, for logs and metrics."""
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks (e.g. "identical copies: the operation is deterministic")."""
+    replica: str | None = None
+    """The engine replica that ran the job (set by the Ray backend; ``x-retouch-replica``)."""
 
 
 class Progress(Protocol):

@@ -37,6 +37,17 @@ from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
 PartialSink = Callable[[Pixels, int], None]
 """Receives ``(image, output_index)`` on the event loop, in the order the engine published."""
 
+StartSink = Callable[[str | None], None]
+"""Receives, once, the name of the worker that took a job (a cluster replica), or None."""
+
+
+class JobObserver(Protocol):
+    """Timing hooks a backend calls (metrics); implementations never raise."""
+
+    def queue_waited(self, model: str, seconds: float) -> None: ...
+
+    def engine_ran(self, model: str, seconds: float) -> None: ...
+
 
 class Ticket:
     """A place in one backend's queue, issued by ``Backend.admit`` without waiting.
@@ -104,8 +115,13 @@ class Backend(Protocol):
         *,
         deadline: float,
         on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
     ) -> EditOutput:
         """Run ``job`` for ``ticket`` (issued by this backend) and return its output.
+
+        ``on_start`` is called once the backend has taken the job: at once in this process,
+        when a replica takes it on a cluster (with the replica's name, which a stream needs
+        before its first byte). A job that fails before that never calls it.
 
         ``deadline`` (a ``time.monotonic()`` value) bounds the wait for capacity: past it,
         ``QueueTimeout`` and the engine is never touched. The run itself is bounded by the

@@ -35,7 +35,7 @@ from retouch.errors import (
     RunTimeout,
     retry_after_headers,
 )
-from retouch.scheduler.base import BackendStats, PartialSink, Ticket
+from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,10 @@ class LocalBackend:
         max_queue: int,
         run_deadline_s: float = 600.0,
         cancel_grace_s: float = 30.0,
+        observer: JobObserver | None = None,
     ) -> None:
         self.engine = engine
+        self.observer = observer
         self.info = engine.info
         self.workers = workers
         self.capacity = workers + max_queue
@@ -145,10 +147,17 @@ class LocalBackend:
         *,
         deadline: float,
         on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
     ) -> EditOutput:
         if ticket.backend is not self or ticket.released:
             raise RuntimeError("run() needs a live ticket issued by this backend")
-        await self._acquire(deadline)
+        if on_start is not None:
+            on_start(None)
+        try:
+            await self._acquire(deadline)
+        finally:
+            if self.observer is not None:
+                self.observer.queue_waited(self.info.name, time.monotonic() - ticket.admitted_at)
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # The caller was cancelled as the slot was granted: do not start the engine.
@@ -231,6 +240,8 @@ class LocalBackend:
 
     def _release(self, future: Future[EditOutput], elapsed: float) -> None:
         self.running -= 1
+        if self.observer is not None:
+            self.observer.engine_ran(self.info.name, elapsed)
         self._jobs.pop(future, None)
         if future in self._stuck:
             self._stuck.discard(future)

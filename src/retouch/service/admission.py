@@ -89,8 +89,8 @@ class Admission:
         if self.ticket is not None:
             return
         route = self._routes.resolve(requested)
+        self.route = route  # known even when admit refuses (the metrics' model label)
         self.ticket = admit_in_order(self._backends, route.model)
-        self.route = route
 
     def take_bytes(self, n: int) -> None:
         self._budget.take(n)

@@ -25,11 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pybase64
+
 from retouch.accounting.gate import Gate, Principal, UsageRecord
 from retouch.config import Settings
 from retouch.engine.types import EditJob, EditOutput, Pixels
 from retouch.errors import QueueTimeout, RetouchError
 from retouch.imaging.encode import CONTENT_TYPES
+from retouch.metrics import Metrics
 from retouch.net.fetch import Fetcher
 from retouch.protocol import (
     ErrorEvent,
@@ -44,7 +47,7 @@ from retouch.protocol import (
     InputTokensDetails,
     OutputTokensDetails,
 )
-from retouch.scheduler.base import Backend, PartialSink, Ticket
+from retouch.scheduler.base import Backend, PartialSink, StartSink, Ticket
 from retouch.scheduler.upstream import UpstreamBackend
 from retouch.service import jobs
 from retouch.service.admission import Admission, UploadBudget
@@ -89,6 +92,11 @@ class PreparedEdit:
     """The key's ``x-ratelimit-*`` headers as of admission."""
     started: float = field(default_factory=time.monotonic)
     recorded: bool = False
+    replica: str | None = None
+    """The engine replica that took the job (Ray backend), for ``x-retouch-replica``."""
+
+    def on_start(self, replica: str | None) -> None:
+        self.replica = replica
 
 
 class EditService:
@@ -100,10 +108,12 @@ class EditService:
         gate: Gate,
         store: BlobStore,
         signer: UrlSigner,
+        metrics: Metrics | None = None,
         *,
         fetcher: Fetcher | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.routes = routes
         self.backends = backends
         self.gate = gate
@@ -231,11 +241,28 @@ class EditService:
 
     # -- running --------------------------------------------------------------------------------
 
-    async def _run(self, p: PreparedEdit, on_partial: PartialSink | None = None) -> EditOutput:
+    async def _run(
+        self,
+        p: PreparedEdit,
+        on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
+    ) -> EditOutput:
         try:
-            return await p.backend.run(p.job, p.ticket, deadline=p.deadline, on_partial=on_partial)
+            return await p.backend.run(
+                p.job, p.ticket, deadline=p.deadline, on_partial=on_partial,
+                on_start=on_start or p.on_start,
+            )  # fmt: skip
         finally:
             p.ticket.release()
+
+    def _encode(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
+        started = time.perf_counter()
+        data = jobs.encode_output(pixels, params, size)
+        self.metrics.encoded(params.served_model, params.output_format, time.perf_counter() - started)
+        return data
+
+    def _encode_b64(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
+        return pybase64.b64encode(self._encode(pixels, params, size))
 
     async def abandon(self, p: PreparedEdit | PreparedRelay) -> None:
         """End an edit whose response never ran (its client left first): free the ticket,
@@ -278,13 +305,13 @@ class EditService:
         params, size = p.params, p.job.size
         if params.response_format == "url":
             blobs = await asyncio.gather(
-                *(self._off_loop(jobs.encode_output, img, params, size) for img in output.images)
+                *(self._off_loop(self._encode, img, params, size) for img in output.images)
             )
             urls = await asyncio.gather(*(self._off_loop(self._store, b, params, base_url) for b in blobs))
             data = [Image.model_construct(url=url, b64_json=None) for url in urls]
         else:
             b64s = await asyncio.gather(
-                *(self._off_loop(jobs.encode_b64, img, params, size) for img in output.images)
+                *(self._off_loop(self._encode_b64, img, params, size) for img in output.images)
             )
             data = [Image.model_construct(b64_json=b, url=None) for b in b64s]
         if params.family == "dall-e-2":
@@ -305,6 +332,9 @@ class EditService:
             extension=params.output_format,
             expires_at=expires,
         )
+        direct = self.store.direct_url(key, expires)
+        if direct is not None:  # an S3 presigned URL: clients fetch from the object store
+            return direct
         base = (self.settings.storage.public_base_url or base_url).rstrip("/")
         return f"{base}/v1/blobs/{key}?expires={expires}&sig={self.signer.sign(key, expires)}"
 
@@ -316,23 +346,65 @@ class EditService:
             return self.relay.stream(p)
         return self._stream(p)
 
-    async def _stream(self, p: PreparedEdit) -> AsyncIterator[StreamItem]:
+    async def begin_stream(self, p: PreparedEdit | PreparedRelay) -> AsyncIterator[StreamItem]:
+        """Start the job and return its event stream once the backend has taken it, so the
+        response headers can name the replica and a refusal (the cluster's 429, a lost
+        replica's 503) is a real status instead of an in-stream error. The local backend
+        takes a job at once, so this returns at once there. A refusal is recorded here.
+        A relay's stream comes from its upstream (asked before the 200, in ``prepare``)."""
+        if isinstance(p, PreparedRelay):
+            return self.relay.stream(p)
+        queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
+        started = asyncio.Event()
+
+        def on_start(replica: str | None) -> None:
+            p.on_start(replica)
+            started.set()
+
+        task = asyncio.ensure_future(self._run(p, lambda img, i: queue.put_nowait((img, i)), on_start))
+        waiter = asyncio.ensure_future(started.wait())
+        first: set[asyncio.Future[Any]] = {task, waiter}
+        try:
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            await self._record(p, 499, None, 0)
+            raise
+        finally:
+            waiter.cancel()
+        if task.done() and not started.is_set() and task.exception() is not None:
+            exc = task.exception()
+            assert exc is not None
+            await self._record(p, exc.status if isinstance(exc, RetouchError) else 500, None, 0)
+            raise exc
+        return self._stream(p, queue, task)
+
+    async def _stream(
+        self,
+        p: PreparedEdit,
+        queue: asyncio.Queue[tuple[Pixels, int]] | None = None,
+        task: asyncio.Future[EditOutput] | None = None,
+    ) -> AsyncIterator[StreamItem]:
         """Partial images as the engine publishes them, then one completed event per output
         image; ``KEEPALIVE`` while idle. Errors after the first byte become a final
-        ``ErrorEvent``."""
-        queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
-        task = asyncio.ensure_future(self._run(p, lambda img, i: queue.put_nowait((img, i))))
+        ``ErrorEvent``. ``queue`` and ``task``: a job ``begin_stream`` started."""
+        if queue is None or task is None:
+            queue = asyncio.Queue()
+            sink = queue
+            task = asyncio.ensure_future(self._run(p, lambda img, i: sink.put_nowait((img, i))))
         status, usage, produced, partials = 499, None, 0, 0
         keepalive = self.settings.queue.keepalive_s
         getter: asyncio.Future[tuple[Pixels, int]] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
+                pending: set[asyncio.Future[Any]] = {getter, task}
+                done, _ = await asyncio.wait(pending, timeout=keepalive, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     image, _index = getter.result()
                     yield await self._partial_event(p, image, partials)
                     partials += 1
+                    self.metrics.partial_sent(p.params.served_model)
                     continue
                 getter.cancel()
                 if not done:
@@ -344,6 +416,7 @@ class EditService:
                 image, _index = queue.get_nowait()
                 yield await self._partial_event(p, image, partials)
                 partials += 1
+                self.metrics.partial_sent(p.params.served_model)
             produced = len(output.images)
             usage = self._usage(p, produced, partials)
             meta = self._meta(p, jobs.background_of(output.images, p.params))
@@ -352,7 +425,7 @@ class EditService:
                 ImageEditCompletedEvent if p.params.mode == "edit" else ImageGenCompletedEvent
             )
             for img in output.images:
-                b64 = await self._off_loop(jobs.encode_b64, img, p.params, p.job.size)
+                b64 = await self._off_loop(self._encode_b64, img, p.params, p.job.size)
                 yield completed.model_construct(
                     b64_json=b64, created_at=int(time.time()), **meta, usage=wire_usage
                 )
@@ -377,7 +450,7 @@ class EditService:
     async def _partial_event(
         self, p: PreparedEdit, image: Pixels, index: int
     ) -> ImageEditPartialImageEvent | ImageGenPartialImageEvent:
-        b64 = await self._off_loop(jobs.encode_b64, image, p.params, p.job.size)
+        b64 = await self._off_loop(self._encode_b64, image, p.params, p.job.size)
         meta = self._meta(p, jobs.background_of([image], p.params))
         partial = (
             ImageEditPartialImageEvent if p.params.mode == "edit" else ImageGenPartialImageEvent
@@ -431,9 +504,11 @@ class EditService:
         await self._write_record(record)
 
     async def _write_record(self, record: UsageRecord) -> None:
+        self.metrics.result(record.model, record.status)
         try:
             await asyncio.shield(self.gate.record(record))
         except Exception:  # the ledger must never turn a served edit into an error
+            self.metrics.ledger_failure()
             log.exception("could not record usage for %s", record.request_id)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ from retouch.protocol import (
     ImageGenCompletedEvent,
     ImageGenPartialImageEvent,
 )
+from retouch.upstream import RelayEvent
 
 
 class KeepAlive:

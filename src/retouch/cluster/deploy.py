@@ -1,0 +1,138 @@
+"""Fronts and the Ray cluster: connect, deploy (declaratively, idempotently), attach.
+
+Why declarative: every Python ``serve.run`` stamps the deployments with a new random version
+and so replaces every replica, even for an unchanged config; two fronts that each ``serve.run``
+at start-up keep restarting each other's engines. The declarative config (what ``serve deploy``
+and KubeRay's ``RayService`` submit) is versioned by its content instead: the same config
+changes nothing, a change of replica counts, autoscaling or queue limits is applied in place,
+and a change of the engine's own settings (``args``) rolls the replicas. So every front with
+the same config may submit it (``[cluster] deploy = true``, the default), and fronts with
+``deploy = false`` only attach. ``retouch cluster-config`` prints the same config as YAML for
+``serve deploy`` or a ``RayService``.
+
+The config covers *all* Serve applications of the cluster: one application per model, named
+after the model, holding one deployment of the same name. Applications that are not in it are
+removed, so a retouch cluster should not host other Serve applications.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from retouch.config import ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+APP_IMPORT_PATH = "retouch.cluster.replica:build_application"
+# Placement and scaling go in the deployment options (in-place updates); everything else of a
+# model is the engine's own configuration and goes in ``args`` (a change rolls the replicas).
+_PLACEMENT_FIELDS = {
+    "replicas", "min_replicas", "max_replicas", "gpus_per_replica", "cpus_per_replica",
+    "ray_resources", "aliases", "family",
+}  # fmt: skip
+
+
+def gpus(model: ModelSettings) -> float:
+    if model.gpus_per_replica is not None:
+        return model.gpus_per_replica
+    return 0.0 if model.engine in ("classic", "echo") else 1.0
+
+
+def deployment_options(model: ModelSettings, settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": model.name,
+        # Per replica, enforced by the replica: one job per pipeline slot.
+        "max_ongoing_requests": model.workers,
+        # Per caller (each front's handle counts its own queue): with N fronts the cluster
+        # holds at most N x max_queue waiting requests. See docs/deployment.md, "Admission".
+        "max_queued_requests": settings.queue.max_queue,
+        "ray_actor_options": {
+            "num_cpus": model.cpus_per_replica,
+            "num_gpus": gpus(model),
+            **({"resources": dict(model.ray_resources)} if model.ray_resources else {}),
+        },
+        "graceful_shutdown_timeout_s": settings.queue.deadline_s,
+    }
+    if model.min_replicas is not None or model.max_replicas is not None:
+        options["autoscaling_config"] = {
+            "min_replicas": model.min_replicas if model.min_replicas is not None else 1,
+            "max_replicas": model.max_replicas or max(1, model.min_replicas or 1),
+            "target_ongoing_requests": model.workers,
+        }
+    else:
+        options["num_replicas"] = model.replicas or 1
+    return options
+
+
+def cluster_models(settings: Settings) -> list[ModelSettings]:
+    """The models whose engines run as Serve deployments (a relay runs in the front)."""
+    return [m for m in settings.models if m.engine != "upstream"]
+
+
+def serve_config(settings: Settings) -> dict[str, Any]:
+    """The declarative Serve config (``ServeDeploySchema``) for ``settings``."""
+    applications = [
+        {
+            "name": model.name,
+            "import_path": APP_IMPORT_PATH,
+            "route_prefix": None,  # reached through handles only, never Serve's HTTP proxy
+            "args": {"model": model.model_dump(mode="json", exclude=_PLACEMENT_FIELDS)},
+            "deployments": [deployment_options(model, settings)],
+        }
+        for model in cluster_models(settings)
+    ]
+    return {"proxy_location": "Disabled", "applications": applications}
+
+
+def connect(settings: Settings) -> None:
+    """Attach this process to the cluster (idempotent). Needs a Ray node on this host."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=settings.cluster.address,
+        namespace=settings.cluster.namespace,
+        log_to_driver=False,  # replica logs stay in the cluster's log files
+        logging_level=logging.WARNING,
+    )
+
+
+def deploy(settings: Settings) -> None:
+    """Submit the config (the same calls ``serve deploy`` makes) and wait until every model's
+    application runs."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(serve_config(settings))
+    client = serve_start(proxy_location=config.proxy_location)
+    client.deploy_apps(config)
+    wait_running(settings, settings.cluster.deploy_timeout_s)
+
+
+def wait_running(settings: Settings, timeout_s: float) -> None:
+    from ray import serve
+
+    names = {m.name for m in cluster_models(settings)}
+    deadline = time.monotonic() + timeout_s
+    statuses: dict[str, str] = {}
+    while True:
+        apps = serve.status().applications
+        statuses = {name: str(apps[name].status) if name in apps else "MISSING" for name in names}
+        failed = {n: apps[n].message for n in names if n in apps and statuses[n].endswith("DEPLOY_FAILED")}
+        if failed:
+            raise RuntimeError(f"Ray Serve could not deploy {failed}")
+        if all(s.endswith("RUNNING") for s in statuses.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the engine deployments are not running after {timeout_s:.0f} s: {statuses}")
+        time.sleep(0.5)
+
+
+def handle(model: ModelSettings) -> Any:
+    """The deployment handle of ``model`` (application and deployment named after it)."""
+    from ray import serve
+
+    return serve.get_deployment_handle(model.name, app_name=model.name)

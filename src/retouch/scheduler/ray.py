@@ -1,0 +1,198 @@
+"""``RayBackend``: the front's side of the Ray backend, one per model, calling the model's
+Serve deployment (``retouch.cluster``) through a handle.
+
+* Every job goes through the replica's generator method: the first item (``start``) arrives
+  when a replica has taken the job, so the front learns which replica runs it (the
+  ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is measured
+  here, and the queue deadline bounds only the wait for a replica.
+* Admission is Serve's: ``max_ongoing_requests`` per replica, ``max_queued_requests`` per front
+  (its handle). ``BackPressureError`` becomes our 429 with a ``Retry-After`` estimate; there is
+  no second queue in the front: ``admit`` only counts this front's requests in flight (for
+  ``/readyz`` and metrics) and never refuses. The 429 comes when the job is submitted, right
+  after decoding, and for a stream still before its first byte (``on_start``).
+* A client that goes away or a passed deadline calls ``cancel()`` on the stream (a timeout
+  alone would leave the replica working); the replica stops the engine at its next step.
+* A replica that dies under a job fails it with ``ActorDiedError``: that becomes a 503 in
+  OpenAI's envelope, which the official SDKs retry; Serve routes the retry to a live replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from retouch.config import ModelSettings, Settings
+from retouch.engine.types import EditJob, EditOutput, EngineInfo
+from retouch.errors import (
+    EngineFailed,
+    QueueFull,
+    QueueTimeout,
+    RetouchError,
+    RunTimeout,
+    ServiceUnavailable,
+    retry_after_headers,
+)
+from retouch.logs import request_id_var
+from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
+
+log = logging.getLogger(__name__)
+
+_REPLICA_GRACE_S = 30.0  # beyond the run deadline, for the replica's own RunTimeout to arrive
+
+
+class RayBackend:
+    def __init__(
+        self,
+        model: ModelSettings,
+        settings: Settings,
+        handle: Any,
+        info: EngineInfo,
+        *,
+        observer: JobObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.info = info
+        self.observer = observer
+        self._handle = handle.options(stream=True)
+        self.max_queue = settings.queue.max_queue
+        self.run_deadline_s = model.run_deadline_s or settings.queue.run_deadline_s
+        self.admitted = 0  # this front's tickets out (decoding, queued or running)
+        self.running = 0  # of those, the ones a replica has taken
+        self._mean_run_s = 1.0
+        self._closed = False
+
+    def admit(self) -> Ticket:
+        self.admitted += 1
+        return Ticket(self, self._leave)
+
+    def _leave(self) -> None:
+        self.admitted -= 1
+
+    async def check(self, job: EditJob) -> None:
+        """The replica checks the job before its engine starts (the front has no engine)."""
+        return None
+
+    def stats(self) -> BackendStats:
+        return BackendStats(
+            running=self.running,
+            waiting=max(0, self.admitted - self.running),
+            # This front's view: Serve queues max_queue here beyond what replicas run.
+            capacity=self.running + self.max_queue + 1,
+            ready=not self._closed,
+            reason="closed" if self._closed else None,
+        )
+
+    def retry_after_s(self) -> float:
+        return max(1.0, self._mean_run_s * (max(0, self.admitted - self.running) + 1))
+
+    async def run(
+        self,
+        job: EditJob,
+        ticket: Ticket,
+        *,
+        deadline: float,
+        on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
+    ) -> EditOutput:
+        from ray.exceptions import RayActorError, RayTaskError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        if ticket.backend is not self or ticket.released:
+            raise RuntimeError("run() needs a live ticket issued by this backend")
+        admitted_at = ticket.admitted_at
+        stream = self._handle.stream.remote(job, request_id_var.get(), self.run_deadline_s)
+        started = False
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    kind, replica = await stream.__anext__()
+            except TimeoutError:
+                raise QueueTimeout(
+                    "The request waited too long in the queue without reaching the model."
+                ) from None
+            finally:
+                self._observe_wait(time.monotonic() - admitted_at)
+            if kind != "start":
+                raise EngineFailed(f"unexpected first item {kind!r} from the engine replica")
+            started, run_started = True, time.monotonic()
+            self.running += 1
+            if on_start is not None:
+                on_start(replica)
+            try:  # the replica enforces the run deadline; this bounds a wedged replica
+                async with asyncio.timeout(self.run_deadline_s + _REPLICA_GRACE_S):
+                    output = await self._drain(stream, on_partial)
+            except TimeoutError:
+                raise RunTimeout(
+                    f"The model '{self.model.name}' did not finish within its run deadline of "
+                    f"{self.run_deadline_s:g} s."
+                ) from None
+            self._ran(time.monotonic() - run_started)
+            output.replica = replica
+            return output
+        except BackPressureError:
+            raise QueueFull(
+                f"The model '{self.model.name}' is busy; retry later.",
+                headers=retry_after_headers(self.retry_after_s()),
+            ) from None
+        except RayTaskError as exc:
+            cause = exc.cause
+            if isinstance(cause, RetouchError):
+                raise cause from None
+            log.error("replica of %s failed: %s", self.model.name, exc)
+            raise EngineFailed("The engine failed while processing the request.") from None
+        except (RayActorError, DeploymentUnavailableError) as exc:
+            log.warning("engine replica of %s lost during a request: %s", self.model.name, exc)
+            raise ServiceUnavailable(
+                "The engine replica running this request went away; retry the request.",
+                headers=retry_after_headers(1.0),
+            ) from None
+        except BaseException:
+            stream.cancel()  # client gone, deadline, or any failure: free the replica
+            raise
+        finally:
+            if started:
+                self.running -= 1
+
+    async def _drain(self, stream: Any, on_partial: PartialSink | None) -> EditOutput:
+        async for kind, payload in stream:
+            if kind == "partial":
+                if on_partial is not None:
+                    image, index = payload
+                    on_partial(image, index)
+            elif kind == "final":
+                output: EditOutput = payload
+                return output
+        raise EngineFailed("The engine replica ended the job without a result.")
+
+    def _observe_wait(self, seconds: float) -> None:
+        if self.observer is not None:
+            self.observer.queue_waited(self.model.name, seconds)
+
+    def _ran(self, seconds: float) -> None:
+        self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * seconds
+        if self.observer is not None:
+            self.observer.engine_ran(self.model.name, seconds)
+
+    async def close(self) -> None:
+        """Nothing to free here: the replicas belong to the cluster, not to this front."""
+        self._closed = True
+
+
+async def attach(settings: Settings, *, observer: JobObserver | None = None) -> dict[str, RayBackend]:
+    """Connect to the cluster, deploy when this front is a deployer, and build a backend per
+    model from its deployment's handle."""
+    from retouch.cluster import deploy
+
+    await asyncio.to_thread(deploy.connect, settings)
+    if settings.cluster.deploy:
+        await asyncio.to_thread(deploy.deploy, settings)
+    else:
+        await asyncio.to_thread(deploy.wait_running, settings, settings.cluster.deploy_timeout_s)
+    backends: dict[str, RayBackend] = {}
+    for model in deploy.cluster_models(settings):
+        handle = deploy.handle(model)
+        described = await handle.describe.remote()
+        backends[model.name] = RayBackend(model, settings, handle, described["info"], observer=observer)
+    return backends

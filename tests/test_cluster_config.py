@@ -1,0 +1,86 @@
+"""The declarative Serve config the Ray backend submits (no cluster needed): names, placement,
+admission limits, and which changes Serve applies in place versus as a rolling update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from retouch.cli import main
+from retouch.cluster.deploy import serve_config
+from retouch.config import ModelSettings, load_settings
+
+pytest.importorskip("ray.serve")
+from ray.serve._private.deploy_utils import get_app_code_version
+from ray.serve.schema import ServeDeploySchema
+
+
+def config(**model: Any) -> dict[str, Any]:
+    fields = {"name": "klein", "engine": "flux2-klein", "weights": "org/w", **model}
+    settings = load_settings(None, models=[ModelSettings(**fields)], queue={"max_queue": 7})
+    return serve_config(settings)
+
+
+def version(cfg: dict[str, Any]) -> str:
+    return get_app_code_version(ServeDeploySchema.model_validate(cfg).applications[0])
+
+
+def test_one_application_and_deployment_named_after_each_model() -> None:
+    settings = load_settings(None, models=[
+        ModelSettings(name="klein", engine="flux2-klein", weights="org/w"),
+        ModelSettings(name="classic", engine="classic"),
+    ])  # fmt: skip
+    cfg = serve_config(settings)
+    schema = ServeDeploySchema.model_validate(cfg)  # what Serve itself accepts
+    assert [(a.name, [d.name for d in a.deployments]) for a in schema.applications] == [
+        ("klein", ["klein"]), ("classic", ["classic"])
+    ]  # fmt: skip
+    assert all(a.route_prefix is None for a in schema.applications)  # handles only
+    assert cfg["proxy_location"] == "Disabled"
+
+
+def test_admission_and_placement_options() -> None:
+    (deployment,) = config(workers=2, replicas=4, gpus_per_replica=1,
+                           ray_resources={"a100": 1})["applications"][0]["deployments"]  # fmt: skip
+    assert deployment["max_ongoing_requests"] == 2  # per replica
+    assert deployment["max_queued_requests"] == 7  # per front
+    assert deployment["num_replicas"] == 4
+    assert deployment["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
+    (classic,) = serve_config(load_settings(None))["applications"][0]["deployments"]
+    assert classic["ray_actor_options"]["num_gpus"] == 0  # CPU engines reserve no GPU
+
+
+def test_autoscaling_bounds() -> None:
+    (deployment,) = config(min_replicas=0, max_replicas=8, workers=1)["applications"][0]["deployments"]
+    assert "num_replicas" not in deployment
+    assert deployment["autoscaling_config"] == {
+        "min_replicas": 0, "max_replicas": 8, "target_ongoing_requests": 1
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="either replicas or"):
+        ModelSettings(name="x", engine="echo", replicas=2, max_replicas=3)
+    with pytest.raises(ValueError, match="above max_replicas"):
+        ModelSettings(name="x", engine="echo", min_replicas=4, max_replicas=3)
+
+
+def test_scaling_changes_are_in_place_and_engine_changes_roll() -> None:
+    base = version(config(replicas=1))
+    # Same code version: Serve applies these to the running replicas (no model reload).
+    assert version(config(replicas=4)) == base
+    autoscaled = version(config(min_replicas=1, max_replicas=3))
+    assert version(config(min_replicas=0, max_replicas=8)) == autoscaled
+    assert version(config(replicas=1, gpus_per_replica=2, aliases=["k"])) == base
+    # The engine's own settings are the application's args: a new version, a rolling update.
+    assert version(config(replicas=1, options={"steps": 8})) != base
+    assert version(config(replicas=1, weights="org/other")) != base
+    assert version(config(replicas=1, workers=2)) != base
+    # Serve hashes whether a deployment autoscales: switching between fixed and autoscaled
+    # replicas is a rolling update too (docs/deployment.md says so).
+    assert autoscaled != base
+
+
+def test_cli_prints_the_config() -> None:
+    result = CliRunner().invoke(main, ["cluster-config", "--model", "klein=flux2-klein:org/w"])
+    assert result.exit_code == 0, result.output
+    assert '"import_path": "retouch.cluster.replica:build_application"' in result.output
