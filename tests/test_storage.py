@@ -4,10 +4,10 @@ S3-only behaviour (bucket creation, presigned URLs, credentials) and the URL sig
 from __future__ import annotations
 
 import concurrent.futures
-import multiprocessing
-import threading
 import io
+import multiprocessing
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path

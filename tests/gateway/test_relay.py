@@ -96,6 +96,34 @@ def test_edit_comes_back_as_the_upstream_sent_it(
     assert record.output_images == len(via.data)
 
 
+def test_generation_comes_back_as_the_upstream_sent_it(
+    gateway: LiveServer, upstream: RetouchUpstream
+) -> None:
+    """``/v1/images/generations`` relays to the upstream's generations route (JSON), and the
+    ledger records the upstream's usage for the caller."""
+    kwargs: dict[str, Any] = {"prompt": "a lighthouse", "size": "64x48", "n": 2}
+    via = gateway.sdk().images.generate(model="echo", **kwargs)
+    same = direct(upstream).images.generate(model="echo", **kwargs)
+    assert comparable(via.model_dump()) == comparable(same.model_dump())
+    assert via.data and len(via.data) == 2
+    assert via.usage is not None
+    record = gateway.services.gate.records[-1]
+    assert record.status == 200
+    assert record.output_images == 2
+    assert record.output_tokens == via.usage.output_tokens
+
+
+def test_streamed_generation_relays_generation_events(
+    gateway: LiveServer, upstream: RetouchUpstream
+) -> None:
+    stream = gateway.sdk().images.generate(
+        model="stepped", prompt="a lighthouse", size="64x48", stream=True, partial_images=2
+    )
+    kinds = [event.type for event in stream]
+    assert kinds[-1] == "image_generation.completed"
+    assert set(kinds) <= {"image_generation.partial_image", "image_generation.completed"}
+
+
 def test_openai_names_pass_on_as_sent(gateway: LiveServer, upstream: RetouchUpstream) -> None:
     """``gpt-image-1`` is served by the gateway's default model, a relay without a model
     name of its own: the upstream gets ``gpt-image-1`` and applies that family's rules."""

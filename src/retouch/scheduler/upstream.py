@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from retouch.config import UpstreamSettings
 from retouch.engine.types import EditJob, EditOutput, EngineInfo
 from retouch.errors import QueueFull, QueueTimeout, retry_after_headers
-from retouch.scheduler.base import BackendStats, PartialSink, Ticket
+from retouch.scheduler.base import BackendStats, PartialSink, StartSink, Ticket
 from retouch.upstream.client import UpstreamClient
 
 
@@ -116,6 +116,7 @@ class UpstreamBackend:
         *,
         deadline: float,
         on_partial: PartialSink | None = None,
+        on_start: StartSink | None = None,
     ) -> EditOutput:
         raise TypeError(
             f"'{self.name}' relays requests as they were sent (service.relay); it takes no "
