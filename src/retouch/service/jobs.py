@@ -71,30 +71,8 @@ def decode_job(
     if params.mode == "generate":
         return canvas_job(params, limits), []
     dalle = params.family == "dall-e-2"
-    opened = [
-        decode.open_upload(u, max_pixels=limits.max_image_pixels, png_only=dalle)
-        for u in form.images
-    ]
-    mask_opened = (
-        decode.open_upload(form.mask, max_pixels=limits.max_image_pixels, png_only=True)
-        if form.mask is not None
-        else None
-    )
-    total = sum(o.width * o.height for o in opened)
-    if total > limits.max_request_pixels:
-        raise PayloadTooLarge(
-            f"The input images have {total:,} pixels together; at most "
-            f"{limits.max_request_pixels:,} are allowed per request.",
-            param="image",
-            code="image_too_large",
-        )
+    opened, mask_opened = open_inputs(form, params, limits)
     first = opened[0]
-    if dalle and first.width != first.height:
-        raise InvalidImage(
-            f"Invalid file '{first.upload.param}': dall-e-2 needs a square image, got "
-            f"{first.width}x{first.height}.",
-            param=first.upload.param,
-        )
     images = tuple(_load(o) for o in opened)
     mask = None
     if form.markup is not None:
@@ -124,6 +102,40 @@ def decode_job(
     )
     return job, [(o.width, o.height) for o in opened]
 
+
+
+def open_inputs(
+    form: EditForm, params: EditParams, limits: Limits
+) -> tuple[list[decode.OpenedImage], decode.OpenedImage | None]:
+    """The byte-cheap checks of the uploads, from image headers only (no pixels decoded):
+    formats, per-image and per-request pixel caps, dall-e-2's square PNG. Local engines decode
+    what this opens; a relay only checks (it passes the bytes on)."""
+    dalle = params.family == "dall-e-2"
+    opened = [
+        decode.open_upload(u, max_pixels=limits.max_image_pixels, png_only=dalle)
+        for u in form.images
+    ]
+    mask_opened = (
+        decode.open_upload(form.mask, max_pixels=limits.max_image_pixels, png_only=True)
+        if form.mask is not None
+        else None
+    )
+    total = sum(o.width * o.height for o in opened)
+    if total > limits.max_request_pixels:
+        raise PayloadTooLarge(
+            f"The input images have {total:,} pixels together; at most "
+            f"{limits.max_request_pixels:,} are allowed per request.",
+            param="image",
+            code="image_too_large",
+        )
+    first = opened[0]
+    if dalle and first.width != first.height:
+        raise InvalidImage(
+            f"Invalid file '{first.upload.param}': dall-e-2 needs a square image, got "
+            f"{first.width}x{first.height}.",
+            param=first.upload.param,
+        )
+    return opened, mask_opened
 
 def _load(opened: decode.OpenedImage) -> Pixels:
     """The pixels, with Pillow's own decoded copy freed at once: otherwise a 16-image request

@@ -35,8 +35,6 @@ import orjson
 from retouch.accounting.gate import Gate, Principal, UsageRecord
 from retouch.config import Settings
 from retouch.errors import (
-    InvalidImage,
-    PayloadTooLarge,
     RetouchError,
     UpstreamError,
 )
@@ -46,6 +44,7 @@ from retouch.net.fetch import Fetcher, FetchFailed, FetchPolicy
 from retouch.protocol import ErrorEvent, ErrorObject
 from retouch.scheduler.base import Ticket
 from retouch.scheduler.upstream import UpstreamBackend
+from retouch.service import jobs
 from retouch.service.admission import Admission
 from retouch.service.form import EditForm, Upload
 from retouch.service.params import EditParams
@@ -358,29 +357,7 @@ def _filename(upload: Upload) -> str:
 def check_inputs(form: EditForm, params: EditParams, settings: Settings) -> None:
     """The same byte-cheap checks as for local engines, from image headers only: formats,
     per-image and per-request pixel caps, dall-e-2's square PNG. Pixels are not decoded."""
-    limits = settings.limits
-    dalle = params.family == "dall-e-2"
-    opened = [
-        decode.open_upload(u, max_pixels=limits.max_image_pixels, png_only=dalle)
-        for u in form.images
-    ]
-    if form.mask is not None:
-        decode.open_upload(form.mask, max_pixels=limits.max_image_pixels, png_only=True)
-    total = sum(o.width * o.height for o in opened)
-    if total > limits.max_request_pixels:
-        raise PayloadTooLarge(
-            f"The input images have {total:,} pixels together; at most "
-            f"{limits.max_request_pixels:,} are allowed per request.",
-            param="image",
-            code="image_too_large",
-        )
-    first = opened[0]
-    if dalle and first.width != first.height:
-        raise InvalidImage(
-            f"Invalid file '{first.upload.param}': dall-e-2 needs a square image, got "
-            f"{first.width}x{first.height}.",
-            param=first.upload.param,
-        )
+    jobs.open_inputs(form, params, settings.limits)
 
 
 def _load_response(body: bytes) -> dict[str, Any]:
