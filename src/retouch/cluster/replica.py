@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from retouch.config import ModelSettings
+from retouch.engine.progress import JobProgress
 from retouch.engine.registry import build_engine
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
 from retouch.errors import Cancelled, EngineFailed, RetouchError, RunTimeout
@@ -32,33 +32,6 @@ log = logging.getLogger(__name__)
 # Stream items: ("start", replica) first, then ("partial", (pixels, index)), then
 # ("final", EditOutput). Plain tuples pickle cheaply and need no class on the front.
 StreamItem = tuple[str, Any]
-
-
-class _Progress:
-    """The engine's ``Progress`` inside a replica: a cancel flag and a partial-image outlet."""
-
-    def __init__(self, sink: Callable[[Pixels, int], None] | None, limit: int) -> None:
-        self._sink = sink
-        self._limit = limit
-        self._sent = 0
-        self._cancel = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def check(self) -> None:
-        if self._cancel.is_set():
-            raise Cancelled()
-
-    def partial(self, image: Pixels, *, output_index: int = 0) -> None:
-        if self._sink is None or self._sent >= self._limit or self._cancel.is_set():
-            return
-        self._sent += 1
-        self._sink(image, output_index)
 
 
 class EngineReplica:
@@ -114,7 +87,7 @@ class EngineReplica:
         self, job: EditJob, sink: Callable[[Pixels, int], None] | None, run_deadline_s: float | None
     ) -> EditOutput:
         self.engine.check(job)  # cheap, and a refusal (400) must not wait for a thread
-        progress = _Progress(sink, job.partial_images)
+        progress = JobProgress(sink, job.partial_images)
         future: Future[EditOutput] = self._pool.submit(self.engine.run, job, progress)
         timer = None
         if run_deadline_s is not None:
@@ -148,7 +121,7 @@ class EngineReplica:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _hold(future: Future[EditOutput], progress: _Progress) -> EditOutput:
+async def _hold(future: Future[EditOutput], progress: JobProgress) -> EditOutput:
     """Await the engine thread; on cancellation set the flag and keep holding the slot until
     the thread has really returned, then let the cancellation out."""
     wrapped = asyncio.wrap_future(future)

@@ -21,10 +21,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from retouch.engine.progress import JobProgress
 from retouch.engine.types import EditJob, EditOutput, Engine, Pixels
 from retouch.errors import (
     Cancelled,
@@ -38,36 +39,6 @@ from retouch.errors import (
 from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
 
 log = logging.getLogger(__name__)
-
-
-class JobProgress:
-    """The ``Progress`` an engine sees: a cancel flag and a thread-safe partial-image outlet."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sink: PartialSink | None, limit: int
-    ) -> None:
-        self._loop = loop
-        self._sink = sink
-        self._limit = limit
-        self._sent = 0
-        self._cancel = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def check(self) -> None:
-        if self._cancel.is_set():
-            raise Cancelled()
-
-    def partial(self, image: Pixels, *, output_index: int = 0) -> None:
-        if self._sink is None or self._sent >= self._limit or self._cancel.is_set():
-            return
-        self._sent += 1
-        self._loop.call_soon_threadsafe(self._sink, image, output_index)
 
 
 class LocalBackend:
@@ -179,7 +150,8 @@ class LocalBackend:
 
     async def _execute(self, job: EditJob, on_partial: PartialSink | None) -> EditOutput:
         loop = asyncio.get_running_loop()
-        progress = JobProgress(loop, on_partial, job.partial_images)
+        sink = None if on_partial is None else _posting(loop, on_partial)
+        progress = JobProgress(sink, job.partial_images)
         started = time.monotonic()
         self.running += 1
         future = self._executor.submit(self.engine.run, job, progress)
@@ -271,3 +243,12 @@ class LocalBackend:
                           self.info.name, len(still), self.cancel_grace_s)  # fmt: skip
                 return
         await asyncio.to_thread(self.engine.close)
+
+
+def _posting(loop: asyncio.AbstractEventLoop, sink: PartialSink) -> Callable[[Pixels, int], None]:
+    """A partial-image outlet for the engine's thread that hands each image to the loop."""
+
+    def post(image: Pixels, index: int) -> None:
+        loop.call_soon_threadsafe(sink, image, index)
+
+    return post
