@@ -30,9 +30,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
+from retouch.errors import QueueFull, retry_after_headers
 
 PartialSink = Callable[[Pixels, int], None]
 """Receives ``(image, output_index)`` on the event loop, in the order the engine published."""
@@ -147,3 +148,41 @@ class Backend(Protocol):
         """Cancel what runs, wait (bounded) until no thread or remote call still uses the
         engine, then free it. Never frees an engine that is still running a job."""
         ...
+
+
+class BoundedQueue:
+    """``admit`` for a backend with ``workers`` slots and ``max_queue`` waiting places: a counter
+    checked on the event loop (every call is on the loop, so no lock), beyond ``capacity``
+    tickets a 429 at once. Used by backends that are ``Backend``s; they call ``_ran(seconds)``
+    after each completed job so that ``Retry-After`` follows recent run times."""
+
+    info: EngineInfo
+
+    def _init_queue(self, workers: int, max_queue: int) -> None:
+        self.workers = workers
+        self.capacity = workers + max_queue
+        self.admitted = 0
+        self._mean_run_s = 1.0
+
+    @property
+    def saturated(self) -> bool:
+        return self.admitted >= self.capacity
+
+    def retry_after_s(self) -> float:
+        return max(1.0, self._mean_run_s * (self.admitted - self.workers + 1) / self.workers)
+
+    def admit(self) -> Ticket:
+        if self.saturated:
+            raise QueueFull(
+                f"The model '{self.info.name}' is busy ({self.admitted} requests in flight); "
+                "retry later.",
+                headers=retry_after_headers(self.retry_after_s()),
+            )
+        self.admitted += 1
+        return Ticket(cast(Backend, self), self._leave)
+
+    def _leave(self) -> None:
+        self.admitted -= 1
+
+    def _ran(self, elapsed: float) -> None:
+        self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * elapsed

@@ -30,18 +30,23 @@ from retouch.engine.types import EditJob, EditOutput, Engine, Pixels
 from retouch.errors import (
     Cancelled,
     EngineFailed,
-    QueueFull,
     QueueTimeout,
     RetouchError,
     RunTimeout,
-    retry_after_headers,
 )
-from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
+from retouch.scheduler.base import (
+    BackendStats,
+    BoundedQueue,
+    JobObserver,
+    PartialSink,
+    StartSink,
+    Ticket,
+)
 
 log = logging.getLogger(__name__)
 
 
-class LocalBackend:
+class LocalBackend(BoundedQueue):
     """A ``Backend`` over one loaded ``Engine`` in this process."""
 
     def __init__(
@@ -57,40 +62,17 @@ class LocalBackend:
         self.engine = engine
         self.observer = observer
         self.info = engine.info
-        self.workers = workers
-        self.capacity = workers + max_queue
+        self._init_queue(workers, max_queue)
         self.run_deadline_s = run_deadline_s
         self.cancel_grace_s = cancel_grace_s
-        self.admitted = 0
         self.running = 0
         self._slots = asyncio.Semaphore(workers)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"engine-{engine.info.name}")
-        self._mean_run_s = 1.0
         self._jobs: dict[Future[EditOutput], JobProgress] = {}
         self._stuck: set[Future[EditOutput]] = set()
         self._closed = False
 
     # -- admission ------------------------------------------------------------------------------
-
-    @property
-    def saturated(self) -> bool:
-        return self.admitted >= self.capacity
-
-    def retry_after_s(self) -> float:
-        return max(1.0, self._mean_run_s * (self.admitted - self.workers + 1) / self.workers)
-
-    def admit(self) -> Ticket:
-        if self.admitted >= self.capacity:
-            raise QueueFull(
-                f"The model '{self.info.name}' is busy ({self.admitted} requests in flight); "
-                "retry later.",
-                headers=retry_after_headers(self.retry_after_s()),
-            )
-        self.admitted += 1
-        return Ticket(self, self._leave)
-
-    def _leave(self) -> None:
-        self.admitted -= 1
 
     async def check(self, job: EditJob) -> None:
         await asyncio.to_thread(self.engine.check, job)
@@ -220,7 +202,7 @@ class LocalBackend:
             log.warning("engine %s returned after %.0f s; the model is ready again",
                         self.info.name, elapsed)  # fmt: skip
         elif not future.cancelled() and not self._jobs_cancelled(future):
-            self._mean_run_s = 0.8 * self._mean_run_s + 0.2 * elapsed
+            self._ran(elapsed)
         self._slots.release()
 
     @staticmethod

@@ -21,12 +21,12 @@ from collections.abc import AsyncIterator
 
 from retouch.config import UpstreamSettings
 from retouch.engine.types import EditJob, EditOutput, EngineInfo
-from retouch.errors import QueueFull, QueueTimeout, retry_after_headers
-from retouch.scheduler.base import BackendStats, PartialSink, StartSink, Ticket
+from retouch.errors import QueueTimeout
+from retouch.scheduler.base import BackendStats, BoundedQueue, PartialSink, StartSink, Ticket
 from retouch.upstream.client import UpstreamClient
 
 
-class UpstreamBackend:
+class UpstreamBackend(BoundedQueue):
     def __init__(
         self, name: str, settings: UpstreamSettings, *, max_queue: int,
         client: UpstreamClient | None = None,
@@ -43,35 +43,12 @@ class UpstreamBackend:
             markup="hint",
             text_to_image="relayed to the upstream's /images/generations",
         )
-        self.workers = settings.concurrency
-        self.capacity = settings.concurrency + max_queue
-        self.admitted = 0
+        self._init_queue(settings.concurrency, max_queue)
         self.running = 0
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._mean_s = 1.0
         self._closed = False
 
     # -- admission ------------------------------------------------------------------------------
-
-    @property
-    def saturated(self) -> bool:
-        return self.admitted >= self.capacity
-
-    def retry_after_s(self) -> float:
-        return max(1.0, self._mean_s * (self.admitted - self.workers + 1) / self.workers)
-
-    def admit(self) -> Ticket:
-        if self.saturated:
-            raise QueueFull(
-                f"The model '{self.name}' is busy ({self.admitted} requests in flight); "
-                "retry later.",
-                headers=retry_after_headers(self.retry_after_s()),
-            )
-        self.admitted += 1
-        return Ticket(self, self._leave)
-
-    def _leave(self) -> None:
-        self.admitted -= 1
 
     async def check(self, job: EditJob) -> None:
         return None  # the upstream judges the prompt
@@ -107,7 +84,7 @@ class UpstreamBackend:
         finally:
             self.running -= 1
             self._slots.release()
-            self._mean_s = 0.8 * self._mean_s + 0.2 * (time.monotonic() - started)
+            self._ran(time.monotonic() - started)
 
     async def run(
         self,
