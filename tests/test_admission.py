@@ -221,8 +221,8 @@ async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
 
 @pytest.mark.live
 def test_an_early_429_reaches_the_sdk_over_a_real_socket(make_settings: Callable[..., Any]) -> None:
-    """A refused multi-MB upload gets its 429 (not a reset connection), and the connection
-    stays usable."""
+    """A refused multi-MB upload gets its 429 (not a reset connection), and the client goes
+    on (on a new connection: the refused one is closed after its body)."""
     import threading as th
 
     import httpx as httpx1
@@ -254,3 +254,101 @@ def test_an_early_429_reaches_the_sdk_over_a_real_socket(make_settings: Callable
             assert http.get("/readyz").json()["models"]["echo"]["waiting"] == 0
         first.join()
     assert engine.runs == 1
+
+
+_PART_HEAD = (
+    b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\necho\r\n'
+    b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n"
+)
+_REST = bytes(3_000_000) + b"\r\n--b--\r\n"
+
+
+def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, Any]:
+    """A live server whose one slot is held by a 3 s edit (queue of 0)."""
+    from retouch.engine.echo import EchoEngine
+    from tests.live import LiveServer
+
+    engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
+    settings = make_settings(models=echo_models(), queue={"max_queue": 0}, server=server)
+    live = LiveServer(settings, engines={"echo": engine})
+    live.start()
+    client = live.sdk()
+    first = threading.Thread(target=lambda: client.images.edit(
+        model="echo", image=("a.png", SRC, "image/png"), prompt="x"
+    ))  # fmt: skip
+    first.start()
+    from tests.waiting import wait_until
+
+    wait_until(lambda: live.services.workers["echo"].running == 1, timeout=10)
+    return live, first
+
+
+def _refused_upload(live: Any) -> tuple[Any, bytes]:
+    """Send the head and the model field of a 3 MB upload, nothing more; return the socket and
+    everything the server sent until its FIN."""
+    import socket
+
+    from tests.test_hostile_http import connect, read_until_closed
+
+    sock: socket.socket = connect(live)
+    length = len(_PART_HEAD) + len(_REST)
+    sock.sendall(
+        b"POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" % length + _PART_HEAD
+    )
+    return sock, read_until_closed(sock)  # the answer, then EOF: the body is mostly unsent
+
+
+@pytest.mark.live
+def test_an_early_429_goes_out_before_the_body_and_the_rest_is_discarded(
+    make_settings: Callable[..., Any],
+) -> None:
+    """The 429 is sent once the model field is read, while 3 MB of the body are still
+    unsent; it says ``connection: close`` and the server half-closes. The rest of the body is
+    then read and dropped (sending it does not hit a reset), and the server closes once the
+    client is done: the lingering close of ``api.server``."""
+    from tests.test_hostile_http import assert_envelope
+
+    live, first = _slot_taken(make_settings)
+    try:
+        connections = live.server.server_state.connections
+        baseline = len(connections)
+        sock, answer = _refused_upload(live)
+        headers = assert_envelope(answer, 429, "queue_full")
+        assert headers["connection"] == "close"
+        assert "retry-after" in headers
+        assert len(connections) == baseline + 1  # lingering: open, reading
+        sock.sendall(_REST)  # read and dropped by the server: no EPIPE / ECONNRESET
+        sock.shutdown(1)  # SHUT_WR: the client is done
+        from tests.waiting import wait_until
+
+        wait_until(lambda: len(connections) == baseline, timeout=10)
+        sock.close()
+        with live.http() as http:
+            assert http.get("/readyz").json()["models"]["echo"]["waiting"] == 0
+    finally:
+        first.join()
+        live.stop()
+
+
+@pytest.mark.live
+def test_a_lingering_connection_that_goes_silent_is_closed(
+    make_settings: Callable[..., Any],
+) -> None:
+    """After an early 429, a client that stops sending its body is closed after
+    ``linger_idle_s``, not held open."""
+    live, first = _slot_taken(make_settings, linger_idle_s=0.5, linger_s=30)
+    try:
+        connections = live.server.server_state.connections
+        baseline = len(connections)
+        sock, _ = _refused_upload(live)
+        sock.sendall(_REST[:100_000])  # some of the rest, then silence
+        assert len(connections) == baseline + 1
+        from tests.waiting import wait_until
+
+        wait_until(lambda: len(connections) == baseline, timeout=10)
+        sock.close()
+    finally:
+        first.join()
+        live.stop()

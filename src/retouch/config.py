@@ -78,6 +78,17 @@ class ServerSettings(_Group):
     max_head_bytes: int = Field(
         16 * 1024, ge=1024, description="Largest request head (line and headers); larger is 431."
     )
+    linger_s: float = Field(
+        30.0, gt=0,
+        description="A request answered before its body was read (429 at the model field, "
+        "413, 408) is half-closed and the rest of its body read and discarded, so the client "
+        "reads the answer instead of a reset; for at most this long per connection.",
+    )  # fmt: skip
+    linger_idle_s: float = Field(
+        5.0, gt=0,
+        description="A lingering connection (see linger_s) that sends nothing for this long "
+        "is closed.",
+    )  # fmt: skip
     raise_open_files_limit: bool = Field(
         True, description="Raise the soft open-files limit (RLIMIT_NOFILE) to the hard limit "
         "at start, so more clients fit before the connection cap applies.",
@@ -228,6 +239,12 @@ class AccountSettings(_Group):
     idempotency_ttl_s: int = Field(
         86400, gt=0, description="How long a response is kept for Idempotency-Key replays."
     )
+    open_recheck_s: float = Field(
+        1.0, ge=0,
+        description="Serving open (no API keys yet), how often the database is asked whether "
+        "a key exists now; a key created by another process takes effect within this long. "
+        "0 = on every request.",
+    )  # fmt: skip
     idempotency_max_body_bytes: int = Field(
         32 * 1024 * 1024,
         ge=0,

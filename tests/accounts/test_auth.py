@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -9,10 +10,13 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from retouch.accounting import keys
 from retouch.accounting.database_gate import DatabaseGate, ServingRefused
 from retouch.config import ModelSettings
+from retouch.errors import AuthenticationFailed
 from tests.accounts.conftest import Accounts, sdk_for
 from tests.conftest import Harness, encode_image, gradient
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -96,17 +100,61 @@ async def test_key_limited_to_some_models(
 async def test_open_until_the_first_key_exists(
     accounts: Accounts, harness_factory: Callable[..., Any]
 ) -> None:
-    h: Harness = await harness_factory(accounts.settings(), gate_factory=accounts.gate)
+    settings = accounts.settings(accounts={"open_recheck_s": 0.2})
+    h: Harness = await harness_factory(settings, gate_factory=accounts.gate)
     assert (await _edit(sdk_for(h, "anything"))).data  # no key in the database: open
     assert [r["key_id"] for r in accounts.rows()] == [None]  # still in the ledger
 
-    key, secret = accounts.create_key()
-    with pytest.raises(openai.AuthenticationError):
-        await _edit(sdk_for(h, "anything"))
+    key, secret = accounts.create_key()  # as `retouch keys create` in another process would
+
+    async def closed() -> bool:
+        try:
+            await _edit(sdk_for(h, "anything"))
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    await async_wait_until(closed, timeout=10)  # within open_recheck_s
     assert (await _edit(sdk_for(h, secret))).data
     accounts.revoke(key.id)
     with pytest.raises(openai.AuthenticationError):  # revoking every key does not reopen
         await _edit(sdk_for(h, "anything"))
+
+
+async def test_serving_open_asks_the_database_once_per_recheck_interval(
+    accounts: Accounts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serving open, concurrent requests share one "does a key exist?" query, and the answer
+    is kept for ``open_recheck_s``; after that the next request asks again and sees a key."""
+    asked: list[int] = []
+    any_key = keys.any_key
+
+    def counted(conn: Any) -> bool:
+        asked.append(1)
+        return any_key(conn)
+
+    gate = await DatabaseGate.start(accounts.settings(accounts={"open_recheck_s": 0.3}))
+    try:
+        monkeypatch.setattr(keys, "any_key", counted)
+        principals = await asyncio.gather(*(gate.authenticate(None) for _ in range(20)))
+        assert {p.key_id for p in principals} == {None}
+        assert len(asked) == 1
+        accounts.create_key()
+        assert (await gate.authenticate(None)).key_id is None  # the kept answer: still open
+        assert len(asked) == 1
+
+        async def asks_again() -> bool:
+            try:
+                await gate.authenticate(None)
+            except AuthenticationFailed:
+                return True
+            return False
+
+        await async_wait_until(asks_again, timeout=10)
+        assert len(asked) == 2
+        assert not gate.open_mode
+    finally:
+        await gate.close()
 
 
 async def test_no_keys_off_loopback_needs_insecure(accounts: Accounts) -> None:

@@ -102,6 +102,9 @@ class DatabaseGate:
         self.open_mode = open_mode
         self._clock = clock
         self._sweeper: asyncio.Task[None] | None = None
+        self._open_recheck_s = settings.accounts.open_recheck_s
+        self._open_check: asyncio.Future[bool] | None = None
+        self._open_checked_at = 0.0
 
     @classmethod
     async def start(
@@ -130,7 +133,7 @@ class DatabaseGate:
     async def authenticate(self, authorization: str | None) -> Principal:
         with _database_errors():
             if self.open_mode:
-                if not await self.db.read(keys.any_key):
+                if not await self._keys_exist():
                     return OPEN_PRINCIPAL
                 self.open_mode = False
                 log.warning("an API key exists now: every /v1 request needs one from here on")
@@ -156,6 +159,24 @@ class DatabaseGate:
                 now=now,
             ),
         )
+
+    async def _keys_exist(self) -> bool:
+        """Whether a key exists now, asked of the database at most once per
+        ``open_recheck_s`` (concurrent requests share one query): serving open, every
+        request would otherwise cost a database round trip only to learn "still none"."""
+        now = time.monotonic()
+        if self._open_check is None or (
+            self._open_check.done() and now - self._open_checked_at >= self._open_recheck_s
+        ):
+            self._open_checked_at = now
+            self._open_check = asyncio.ensure_future(self.db.read(keys.any_key))
+        check = self._open_check
+        try:
+            return await asyncio.shield(check)  # a caller that leaves does not cancel the others'
+        except BaseException:
+            if check.done() and not check.cancelled() and check.exception() is not None:
+                self._open_check = None  # a failed query is asked again by the next request
+            raise
 
     async def admit(
         self, principal: Principal, *, model: str, images: int, served_model: str | None = None

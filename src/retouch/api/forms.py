@@ -108,7 +108,7 @@ class _FormBuilder:
         return self.admission is not None and self.admission.refusal is not None
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.refused:  # the rest of the body is read and dropped
+        if self.refused:  # refused within this chunk: the rest is not kept
             return
         part = self.part
         part.chunks.append(memoryview(data)[start:end])  # one copy, at the end of the part
@@ -249,6 +249,19 @@ class _FormBuilder:
         return self.form
 
 
+_FIRST_UNDECIDED_STEP = 1024
+_MAX_UNDECIDED_STEP = 256 * 1024
+
+
+def _feed(parser: MultipartParser, data: bytes) -> None:
+    try:
+        parser.write(data)
+    except (InvalidRequest, PayloadTooLarge):
+        raise
+    except Exception:
+        raise InvalidRequest("The multipart body is malformed.") from None
+
+
 async def read_multipart(
     chunks: AsyncIterator[bytes],
     content_type: str,
@@ -257,7 +270,8 @@ async def read_multipart(
 ) -> EditForm:
     """Parse the body as it streams in. With an ``admission``, the request's queue ticket is
     taken when the ``model`` field arrives and buffered bytes count against the upload budget;
-    a refusal (429, 400, 503) is raised once the body is in, its remaining bytes dropped."""
+    a refusal (429, 400, 503) is raised at once, the rest of the body unread (the server's
+    lingering close discards it: ``api.server``)."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
@@ -275,27 +289,28 @@ async def read_multipart(
     except Exception:
         raise InvalidRequest("Invalid multipart boundary.") from None
     total = 0
+    step = _FIRST_UNDECIDED_STEP
     async for chunk in chunks:
         total += len(chunk)
         if total > limits.max_body_bytes:
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
-        if admission is not None and admission.refusal is None:
-            try:
-                admission.take_bytes(len(chunk))
-            except RetouchError as exc:
-                admission.refusal = exc
-        if admission is not None and admission.refusal is not None:
-            continue  # refused: the rest is drained, neither parsed nor kept
-        try:
-            parser.write(chunk)
-        except (InvalidRequest, PayloadTooLarge):
-            raise
-        except Exception:
-            raise InvalidRequest("The multipart body is malformed.") from None
-    if admission is not None and admission.refusal is not None:
-        raise admission.refusal
+        if admission is not None:
+            admission.take_bytes(len(chunk))
+        pos = 0
+        while pos < len(chunk):
+            # Until the ticket is taken, parse in growing steps (1 KiB, 2 KiB, ...): a refusal
+            # at the model field (the first part, usually) then costs no scan of the file
+            # bytes sent with it, and a body whose model comes last costs a few more writes.
+            if admission is not None and admission.ticket is None:
+                end, step = pos + step, min(2 * step, _MAX_UNDECIDED_STEP)
+            else:
+                end = len(chunk)
+            _feed(parser, chunk[pos:end] if pos or end < len(chunk) else chunk)
+            pos = end
+            if admission is not None and admission.refusal is not None:
+                raise admission.refusal  # the model was refused: the rest is not needed
     parser.finalize()
     if not builder.ended:
         # A cut-off body would otherwise lose its last part (say output_format=webp) silently.
@@ -311,7 +326,7 @@ async def read_body(
     chunks: AsyncIterator[bytes], limits: Limits, admission: Admission | None = None
 ) -> bytes:
     """A JSON body, capped while it streams in; with an ``admission``, its bytes count
-    against the upload budget (a refusal is raised once the body is in, its bytes dropped)."""
+    against the upload budget (over it, the refusal is raised at once)."""
     body = bytearray()
     received = 0
     async for chunk in chunks:
@@ -320,16 +335,9 @@ async def read_body(
             raise PayloadTooLarge(
                 f"The request body is larger than the {limits.max_body_bytes:,} bytes allowed."
             )
-        if admission is not None and admission.refusal is None:
-            try:
-                admission.take_bytes(len(chunk))
-            except RetouchError as exc:
-                admission.refusal = exc
-                body.clear()
-        if admission is None or admission.refusal is None:
-            body += chunk
-    if admission is not None and admission.refusal is not None:
-        raise admission.refusal
+        if admission is not None:
+            admission.take_bytes(len(chunk))
+        body += chunk
     return bytes(body)
 
 

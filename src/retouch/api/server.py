@@ -11,9 +11,15 @@ client that never finishes its request head can be seen at all:
   timer while a request head trickles in, so a slow-loris client holds a connection forever.
   Here a connection must deliver a complete request head within ``header_timeout_s`` of
   opening (or of its previous response ending); otherwise it gets a 408 and is closed.
-* **Close after an unread body.** When the app answers before the request body was received
-  (413 on ``Content-Length``, the 408 receipt deadline), uvicorn keeps the connection and
-  drops further body bytes, so a trickling client keeps it open. Here the connection closes.
+* **Lingering close after an unread body.** The app may answer before the request body is
+  in: a 429 as soon as the ``model`` field is read (so a refusal costs no upload parsing),
+  413 on ``Content-Length``, the 408 receipt deadline. uvicorn then keeps the connection and
+  feeds every further body byte through h11, so a trickling client holds it forever; closing
+  at once instead makes the kernel answer the bytes still arriving with a reset, and a client
+  still writing its upload (every HTTP/1.1 client library) loses the answer it was sent.
+  Here the answer says ``connection: close``, the server half-closes (FIN after the answer)
+  and reads and discards the rest, unparsed, until the client closes, falls silent for
+  ``linger_idle_s`` or ``linger_s`` has passed: the lingering close of Apache and nginx.
 * **Connection cap.** ``limit_concurrency`` is checked only when a request head is complete,
   so half-sent heads exhaust file descriptors first and then nothing (``/healthz`` included)
   is accepted. Here, at ``max_connections``, the oldest connection still sending its head is
@@ -31,7 +37,7 @@ import logging
 import resource
 import uuid
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import h11
 import uvicorn
@@ -92,7 +98,8 @@ def _raw_response(exc: RetouchError) -> bytes:
 
 class _Connection(h11.Connection):
     """h11's connection, keeping the last protocol error (uvicorn reports them all as one
-    generic 400; the hint tells 431 from 400)."""
+    generic 400; the hint tells 431 from 400), and saying ``connection: close`` on an answer
+    sent before the request body was read (the connection lingers, then closes)."""
 
     last_error: h11.RemoteProtocolError | None = None
 
@@ -102,6 +109,32 @@ class _Connection(h11.Connection):
         except h11.RemoteProtocolError as exc:
             self.last_error = exc
             raise
+
+    def send(self, event: Any) -> Any:  # keeps h11's overloads for callers
+        if isinstance(event, h11.Response) and self.their_state is h11.SEND_BODY:
+            headers = [(k, v) for k, v in event.headers if k != b"connection"]
+            event = h11.Response(status_code=event.status_code, reason=event.reason,
+                                 headers=[*headers, (b"connection", b"close")])  # fmt: skip
+        return super().send(event)
+
+
+class _Transport:
+    """The socket's transport as uvicorn sees it: its ``close()`` after an answer sent while
+    the request body is still arriving becomes the protocol's lingering close."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol) -> None:
+        self.raw = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        if not self._protocol.linger():
+            self.raw.close()
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self.raw.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -117,8 +150,15 @@ class GuardedH11Protocol(H11Protocol):
         self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
         self.conn = self._h11
         self._head_timer: asyncio.TimerHandle | None = None
+        self._raw: asyncio.Transport | None = None
+        self._lost = False
+        self.lingering = False
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_until = 0.0
+        self._last_read = 0.0
 
-    # -- which connections are still sending a request head (oldest first) ---------------------
+    # -- connections that may be dropped to make room (oldest first): those still sending a
+    # -- request head, and those lingering after their answer -------------------------------
     def _waiting_heads(self) -> dict[GuardedH11Protocol, None]:
         return type(self)._waiting.setdefault(self.server_state, {})
 
@@ -135,9 +175,49 @@ class GuardedH11Protocol(H11Protocol):
 
     def _refuse(self, exc: RetouchError) -> None:
         self._cancel_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(_raw_response(exc))
-            self.transport.close()
+        raw = cast(asyncio.Transport, self._raw)
+        if self.lingering:
+            self._close()
+        elif not raw.is_closing():
+            raw.write(_raw_response(exc))
+            raw.close()
+
+    # -- lingering close (module docstring) ---------------------------------------------------
+    def linger(self) -> bool:
+        """Called for uvicorn's ``transport.close()``: when an answer went out while the
+        request body is still arriving, half-close and discard the rest instead (True)."""
+        raw = self._raw
+        cycle = self.cycle
+        if (self.lingering or self._lost or raw is None or raw.is_closing() or cycle is None
+                or not cycle.response_complete or self.conn.their_state is not h11.SEND_BODY):  # fmt: skip
+            return False
+        self.lingering = True
+        self._cancel_head_timer()
+        self._unset_keepalive_if_required()
+        if raw.can_write_eof():
+            raw.write_eof()  # after the buffered answer: the client reads it, then EOF
+        raw.resume_reading()  # uvicorn's flow control may have paused it
+        self._last_read = now = self.loop.time()
+        self._linger_until = now + self.guards.linger_s
+        self._linger_timer = self.loop.call_later(self.guards.linger_idle_s, self._linger_check)
+        self._waiting_heads()[self] = None
+        return True
+
+    def _linger_check(self) -> None:
+        end = min(self._last_read + self.guards.linger_idle_s, self._linger_until)
+        if self.loop.time() >= end:
+            self._linger_timer = None
+            self._close()
+        else:
+            self._linger_timer = self.loop.call_at(end, self._linger_check)
+
+    def _close(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self._waiting_heads().pop(self, None)
+        if self._raw is not None:
+            self._raw.close()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -150,7 +230,8 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- uvicorn's protocol hooks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._raw = transport
+        super().connection_made(cast(asyncio.Transport, _Transport(transport, self)))
         if len(self.connections) > self.max_connections and not self._make_room():
             log.warning("refusing a connection: %d open (max_connections)", len(self.connections) - 1)
             self._refuse(
@@ -163,13 +244,14 @@ class GuardedH11Protocol(H11Protocol):
         self._await_head()
 
     def _make_room(self) -> bool:
-        """Drop the oldest connection still sending its request head; False if there is none
-        (every open connection is busy with a request)."""
+        """Drop the oldest connection still sending its request head or lingering after its
+        answer; False if there is none (every open connection is busy with a request)."""
         waiting = self._waiting_heads()
         oldest = next(iter(waiting), None)
         if oldest is None:
             return False
-        log.info("dropping %s, still sending its request head, to make room", oldest.client)
+        state = "lingering" if oldest.lingering else "still sending its request head"
+        log.info("dropping %s, %s, to make room", oldest.client, state)
         oldest._refuse(
             TooManyConnections(
                 "The server has too many open connections and closed this one, which had not "
@@ -180,8 +262,18 @@ class GuardedH11Protocol(H11Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:  # the rest of a body nobody will read: neither parsed nor kept
+            self._last_read = self.loop.time()
+            return
+        super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -204,16 +296,19 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            # answered before the body arrived (413, 408): the rest would only be discarded
+            # answered before the body arrived (429, 413, 408): the rest is only discarded
             with contextlib.suppress(h11.LocalProtocolError):
                 self.conn.send(h11.ConnectionClosed())
-            self.transport.close()
+            self.transport.close()  # -> linger()
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._await_head()
 
     def shutdown(self) -> None:
         self._cancel_head_timer()
+        if self.lingering:
+            self._close()
+            return
         super().shutdown()
 
 

@@ -3,9 +3,9 @@
 A request takes its ticket as soon as its model is known: while the multipart body streams in,
 when the ``model`` field arrives (fields usually come before files), and otherwise once the body
 is in, but always before a single image is decoded. A full queue therefore costs a 429 and the
-bytes read so far, never a decode. After a refusal the rest of the body is read and dropped, not
-kept: the client is still sending it, and answering before it finishes would reset the
-connection under it.
+bytes read so far, never a decode. A refusal is answered at once, the rest of the body unread:
+the HTTP server's lingering close (``api.server``) discards what the client still sends, so it
+reads its 429 instead of a connection reset.
 
 ``UploadBudget`` bounds the raw bytes held across all requests at once (``max_buffered_bytes``):
 every part's bytes are counted as they arrive and given back once the images are decoded.
