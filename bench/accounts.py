@@ -32,7 +32,7 @@ from retouch.accounting import keys, migrate
 from retouch.accounting.database_gate import DatabaseGate
 from retouch.accounting.db import Database
 from retouch.accounting.gate import UsageRecord
-from retouch.api.app import build_app, open_gate
+from retouch.bootstrap import build_app, open_gate
 from retouch.config import ModelSettings, Settings, load_settings
 
 LIMITS = keys.KeyLimits(requests_per_minute=10**9, images_per_minute=10**9, token_quota=10**15)

@@ -40,7 +40,7 @@ async def measure(engine: str, folder: Path, data: Path, options: dict[str, Any]
     from asgi_lifespan import LifespanManager
     from tests.conftest import encode_image, gradient
 
-    from retouch.api.app import build_app
+    from retouch.bootstrap import build_app
     from retouch.config import ModelSettings, load_settings
 
     settings = load_settings(None, data_dir=data, queue={"max_queue": 64}, models=[ModelSettings(

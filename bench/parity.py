@@ -33,7 +33,7 @@ async def serve_case(case: Any, folder: Path, data: Path) -> Any:
     from tests.conftest import decode_b64
     from tests.engines import parity
 
-    from retouch.api.app import build_app
+    from retouch.bootstrap import build_app
     from retouch.config import ModelSettings, load_settings
 
     settings = load_settings(None, data_dir=data, models=[ModelSettings(

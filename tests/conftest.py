@@ -15,7 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from retouch.api.app import build_app
+from retouch.bootstrap import build_app
 from retouch.config import ModelSettings, Settings, load_settings
 from tests.live import LiveServer
 from tests.seaweed import SeaweedS3, weed_binary

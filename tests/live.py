@@ -10,8 +10,8 @@ import httpx2
 import openai
 import uvicorn
 
-from retouch.api.app import build_app
 from retouch.api.server import server_config
+from retouch.bootstrap import build_app
 from retouch.config import Settings
 from tests.waiting import wait_until
 

@@ -10,7 +10,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from retouch.accounting.gate import OpenGate, ServingRefused
-from retouch.api.app import build_app
+from retouch.bootstrap import build_app
 from retouch.config import Settings
 from tests.conftest import echo_models
 

@@ -1,19 +1,24 @@
 """The composition root: builds every service the app needs, once, and takes them down.
 
-``build_app`` (``retouch.api.app``) calls ``start_services`` in its lifespan; nothing else
-constructs backends, gates or stores. Swapping an implementation (another gate, a Ray or
-upstream backend) is a change here, not in the routes or the service.
+``build_app``, the library entry point, makes the ASGI app (``retouch.api.app.create_app``)
+with a lifespan that calls ``start_services``; nothing else constructs backends, gates or
+stores. Swapping an implementation (another gate, a Ray or upstream backend) is a change here,
+not in the routes or the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from starlette.applications import Starlette
+
 from retouch.accounting.gate import Gate, OpenGate, ServingRefused, serving_check
+from retouch.api.app import create_app
 from retouch.config import ModelSettings, Settings
 from retouch.engine.registry import build_engine
 from retouch.engine.types import Engine
@@ -132,3 +137,34 @@ async def sweep_blobs(services: Services) -> None:
         except Exception:
             log.exception("blob sweep failed")
         await asyncio.sleep(services.settings.storage.sweep_interval_s)
+
+
+def build_app(
+    settings: Settings,
+    *,
+    engines: dict[str, Engine] | None = None,
+    gate_factory: GateFactory = open_gate,
+) -> Starlette:
+    """The ASGI app. ``engines``: already loaded engines by model name (``retouch serve``
+    loads them before the server starts; tests inject fakes this way); the others are built
+    and loaded at start-up.
+
+    Safe by default: without keys (the open gate, or a database gate holding none) the app
+    refuses to serve on a non-loopback ``settings.host`` unless ``settings.insecure``."""
+    if gate_factory is open_gate:  # known open before start-up: say so at once
+        serving_check(settings, has_keys=False)
+
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await start_services(settings, engines or {}, gate_factory, metrics)
+        app.state.services = services
+        sweeper = asyncio.create_task(sweep_blobs(services))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await stop_services(services)
+
+    return create_app(metrics, lifespan)

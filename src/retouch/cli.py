@@ -42,8 +42,8 @@ def serve(
 
     import uvicorn
 
-    from retouch.api.app import build_app
     from retouch.api.server import server_config
+    from retouch.bootstrap import build_app
 
     settings = build_settings(
         config, models, host=host, port=port, data_dir=data_dir,

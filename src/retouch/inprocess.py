@@ -16,7 +16,7 @@ import httpx2
 import openai
 from starlette.types import Message
 
-from retouch.api.app import build_app
+from retouch.bootstrap import build_app
 from retouch.config import Settings
 from retouch.engine.types import Engine
 

@@ -12,8 +12,8 @@ import openai
 import pytest
 import uvicorn
 
-from retouch.api.app import build_app
 from retouch.api.server import server_config
+from retouch.bootstrap import build_app
 from retouch.config import Settings
 from retouch.scheduler import JobProgress, LocalBackend
 from tests.engines.conftest import KLEIN_OPTIONS, model

@@ -1,18 +1,19 @@
-"""The ASGI application: the route list, the lifespan and the error handlers.
+"""The ASGI application: the route list, the middleware and the error handlers.
 
 Routes are thin: the edit route lives in ``api.edits``; everything the routes need is built
-once by the composition root (``retouch.bootstrap``) in ``lifespan`` and kept in
-``app.state.services``.
+once by the composition root (``retouch.bootstrap.build_app``, the library entry point) in the
+lifespan it passes to ``create_app``, and kept in ``app.state.services``. This module never
+imports the composition root.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -22,60 +23,32 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from retouch.accounting.gate import Principal, serving_check
+from retouch.accounting.gate import Principal
 from retouch.api import errors as handlers
 from retouch.api.auth import authenticate
 from retouch.api.edits import create_edit, create_generation
 from retouch.api.middleware import RequestContext
 from retouch.api.playground import playground_routes
 from retouch.api.usage import images_usage
-from retouch.bootstrap import (
-    GateFactory,
-    Services,
-    open_gate,
-    start_services,
-    stop_services,
-    sweep_blobs,
-)
-from retouch.config import ModelSettings, Settings
+from retouch.config import ModelSettings
 from retouch.engine.licences import license_of
-from retouch.engine.types import Engine
 from retouch.errors import ClientLeft, NotFound, PermissionDenied, RetouchError
 from retouch.integers import ascii_int
 from retouch.metrics import CONTENT_TYPE as METRICS_TYPE
 from retouch.metrics import Metrics
 from retouch.service.describe import model_capabilities
 
+if TYPE_CHECKING:  # annotations only: the HTTP layer does not import the composition root
+    from retouch.bootstrap import Services
+
 log = logging.getLogger(__name__)
 
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
-def build_app(
-    settings: Settings,
-    *,
-    engines: dict[str, Engine] | None = None,
-    gate_factory: GateFactory = open_gate,
-) -> Starlette:
-    """``engines``: already loaded engines by model name (``retouch serve`` loads them before
-    the server starts; tests inject fakes this way); the others are built and loaded here.
 
-    Safe by default: without keys (the open gate, or a database gate holding none) the app
-    refuses to serve on a non-loopback ``settings.host`` unless ``settings.insecure``."""
-    if gate_factory is open_gate:  # known open before start-up: say so at once
-        serving_check(settings, has_keys=False)
-
-    metrics = Metrics()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await start_services(settings, engines or {}, gate_factory, metrics)
-        app.state.services = services
-        sweeper = asyncio.create_task(sweep_blobs(services))
-        try:
-            yield
-        finally:
-            sweeper.cancel()
-            await stop_services(services)
-
+def create_app(metrics: Metrics, lifespan: Lifespan) -> Starlette:
+    """The routes, middleware and error handlers around a ``lifespan`` that puts the services
+    in ``app.state.services`` (``retouch.bootstrap.build_app`` builds both)."""
     routes = [
         Route("/v1/images/edits", create_edit, methods=["POST"]),
         Route("/v1/images/generations", create_generation, methods=["POST"]),
@@ -206,4 +179,4 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=code, media_type="application/json")
 
 
-__all__ = ["GateFactory", "Services", "build_app", "open_gate"]
+__all__ = ["create_app"]
