@@ -352,3 +352,30 @@ def test_a_lingering_connection_that_goes_silent_is_closed(
     finally:
         first.join()
         live.stop()
+
+
+@pytest.mark.live
+def test_aiohttp_reads_an_early_429_on_a_large_upload(make_settings: Callable[..., Any]) -> None:
+    """Open WebUI's client (aiohttp FormData, text parts first) gets the 429 sent at the model
+    field while its 3 MB upload is still going out, not a connection error."""
+    import aiohttp
+
+    live, first = _slot_taken(make_settings)
+    try:
+
+        async def send() -> list[tuple[int, str]]:
+            got = []
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    form = aiohttp.FormData()
+                    form.add_field("model", "echo")
+                    form.add_field("prompt", "x")
+                    form.add_field("image", _REST, filename="a.png", content_type="image/png")
+                    async with session.post(f"{live.url}/v1/images/edits", data=form) as r:
+                        got.append((r.status, (await r.json())["error"]["code"]))
+            return got
+
+        assert asyncio.run(send()) == [(429, "queue_full")] * 3
+    finally:
+        first.join()
+        live.stop()

@@ -54,3 +54,35 @@ def test_node_sdk_edits_stream_and_errors(
     assert out["error"]["code"] == "invalid_value"
     assert out["error"]["param"] == "size"
     assert out["error"]["requestID"].startswith("req_")
+
+
+@pytest.mark.skipif(_node_ready() is not None, reason=str(_node_ready()))
+def test_node_sdk_reads_an_early_429_on_a_large_upload(make_settings: Callable[..., Settings]) -> None:
+    """The server answers 429 at the model field while the Node SDK is still sending a 4 MB
+    upload (then discards the rest: lingering close); the SDK reports a RateLimitError, not a
+    connection error, every time."""
+    import threading
+
+    from retouch.engine.echo import EchoEngine
+    from tests.conftest import echo_models
+    from tests.waiting import wait_until
+
+    engine = EchoEngine("echo", {"delay_s": 8.0, "steps": 80})
+    settings = make_settings(models=echo_models(), queue={"max_queue": 0})
+    with LiveServer(settings, engines={"echo": engine}) as server:
+        client = server.sdk()
+        holder = threading.Thread(target=lambda: client.images.edit(
+            model="echo", image=("a.png", encode_image(gradient((32, 32))), "image/png"), prompt="x"
+        ))  # fmt: skip
+        holder.start()
+        wait_until(lambda: server.services.workers["echo"].running == 1, timeout=10)
+        done = subprocess.run(
+            ["node", str(NODE_DIR / "early429.mjs"), f"{server.url}/v1", "4"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        holder.join()
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert len(answers) == 4
+    for answer in answers:
+        assert answer == {"status": 429, "code": "queue_full", "name": "RateLimitError", "retryAfter": "1"}
