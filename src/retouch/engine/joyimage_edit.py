@@ -10,6 +10,10 @@ of one image, and text to image, with a Qwen3-VL encoder and a Wan VAE.
 * a mask: the pipeline has no inpaint variant, so the edit runs on the whole image and the
   result is composited outside the mask exactly, like every engine.
 
+The pipeline samples the reference's VAE latents from torch's global generator (``latent_dist
+.sample()`` without a generator); retouch seeds a forked global generator with the request
+seed around the call, so a seed gives the same image every time.
+
 One input image (``JoyImageEditPipeline`` pairs one reference with each prompt; the multi-image
 ``JoyImageEditPlusPipeline`` is not served). 40 steps at ``quality=high`` and CFG 4.0 with the
 empty negative prompt, as on the model card; ``complexity`` scales the CFG.
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
@@ -91,7 +97,10 @@ class JoyImageEditEngine(DiffusersEngine):
         )
 
         # 3. Denoise (the pipeline picks its resolution bucket from height/width).
-        with tap.watching(pipe.transformer):
+        seed = request_seed(job.seed, o.seed)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with tap.watching(pipe.transformer), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # the reference latents' unseeded sample
             result = pipe(
                 prompt=job.prompt,
                 image=None if job.generate else pil_rgb(job.images[0], plan.size),
@@ -100,7 +109,7 @@ class JoyImageEditEngine(DiffusersEngine):
                 num_inference_steps=plan.steps,
                 guidance_scale=plan.guidance_scale,
                 num_images_per_prompt=job.n,
-                generator=cpu_generators(request_seed(job.seed, o.seed), job.n),
+                generator=cpu_generators(seed, job.n),
                 output_type="np",
                 callback_on_step_end=tap,
                 callback_on_step_end_tensor_inputs=["latents"],
