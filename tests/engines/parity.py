@@ -303,7 +303,7 @@ def small_renders() -> AbstractContextManager[Any]:
 
     full_size = longcat.calculate_dimensions
     stack = contextlib.ExitStack()
-    stack.enter_context(mock.patch.object(joy_buckets, "find_best_bucket", lambda h, w, base: (64, 64)))
+    stack.enter_context(mock.patch.object(joy_buckets, "find_best_bucket", return_value=(64, 64)))
     stack.enter_context(mock.patch.object(
         longcat, "calculate_dimensions", lambda area, ratio: full_size(64 * 64, ratio)
     ))  # fmt: skip
@@ -441,7 +441,12 @@ def _load_qwen_vl(engine: str, folder: Path) -> Any:
     """The Qwen-VL-encoder pipelines with their processor rebuilt from the saved folder (no
     video processor: transformers cannot build it without torchvision)."""
     import diffusers
-    from transformers import Qwen2TokenizerFast, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen3VLProcessor
+    from transformers import (
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen3VLProcessor,
+    )
 
     sub = "text_processor" if engine == "longcat-image-edit" else "processor"
     cls: Any = Qwen2VLProcessor if engine == "longcat-image-edit" else Qwen3VLProcessor
