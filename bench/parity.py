@@ -58,7 +58,10 @@ def main() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     savers = {"flux2-klein": tiny_pipelines.save_tiny_klein, "qwen-image-edit": tiny_pipelines.save_tiny_qwen,
-              "sd-inpaint": tiny_pipelines.save_tiny_sd, "flux-kontext": tiny_pipelines.save_tiny_kontext}  # fmt: skip
+              "sd-inpaint": tiny_pipelines.save_tiny_sd, "flux-kontext": tiny_pipelines.save_tiny_kontext,
+              "joyimage-edit": tiny_pipelines.save_tiny_joyimage,
+              "longcat-image-edit": tiny_pipelines.save_tiny_longcat,
+              "qwen-image-2.1": tiny_pipelines.save_tiny_qwen21}  # fmt: skip
     worst: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -22,7 +22,8 @@ from pydantic_settings import (
 from retouch.families import ApiFamily
 
 EngineKind = Literal[
-    "classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext", "upstream"
+    "classic", "echo", "flux2-klein", "qwen-image-edit", "sd-inpaint", "flux-kontext",
+    "joyimage-edit", "longcat-image-edit", "qwen-image-2.1", "upstream",
 ]
 
 

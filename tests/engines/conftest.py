@@ -46,6 +46,32 @@ def kontext_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_pipelines.save_tiny_kontext(tmp_path_factory.mktemp("kontext"))
 
 
+@pytest.fixture(scope="session")
+def qwen21_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipelines.save_tiny_qwen21(tmp_path_factory.mktemp("qwen21"))
+
+
+@pytest.fixture(scope="session")
+def joyimage_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipelines.save_tiny_joyimage(tmp_path_factory.mktemp("joyimage"))
+
+
+@pytest.fixture(scope="session")
+def longcat_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_pipelines.save_tiny_longcat(tmp_path_factory.mktemp("longcat"))
+
+
+@pytest.fixture
+def small_renders() -> Iterator[None]:
+    """JoyImage and LongCat render at ~1 megapixel whatever the request says (a bucket list and
+    a module function); at that size the tiny models take minutes on a CPU, so the test shrinks
+    both to 64x64 (``tests/engines/parity.py``'s ``small_renders`` patch)."""
+    from tests.engines.parity import small_renders as patch
+
+    with patch():
+        yield
+
+
 @pytest.fixture
 def small_qwen_references(monkeypatch: pytest.MonkeyPatch) -> None:
     """Qwen's pipelines resize every input to ~1 megapixel (module constants); at that size

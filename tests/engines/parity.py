@@ -34,8 +34,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "qwen-image-edit": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
     "sd-inpaint": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
     "flux-kontext": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
+    "joyimage-edit": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
+    "longcat-image-edit": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
+    "qwen-image-2.1": {**TINY, "steps": {"low": 2, "medium": 3, "high": 4}},
 }
-SETTINGS: dict[str, dict[str, Any]] = {"flux-kontext": {"accept_license": "non-commercial"}}
+SETTINGS: dict[str, dict[str, Any]] = {
+    "flux-kontext": {"accept_license": "non-commercial"},
+    "qwen-image-2.1": {"accept_license": "non-commercial"},
+}
 """Model settings besides the options (Kontext's weights are non-commercial)."""
 """klein keeps its own step table (2/4/4); Qwen's, SD's and Kontext's (20/30/40, 15/25/40,
 14/20/28) are shrunk
@@ -234,6 +240,76 @@ def kontext_inpaint(prompt: str, image: np.ndarray, alpha: np.ndarray | None, st
     return call
 
 
+JOY_COMMON: dict[str, Any] = {"guidance_scale": 4.0, "max_sequence_length": 64}
+
+
+def joy_edit(prompt: str, image: np.ndarray, steps: int, gen_size: tuple[int, int] = SIZE,
+             alpha: np.ndarray | None = None, out_size: tuple[int, int] = SIZE) -> Callable[[Any], np.ndarray]:  # fmt: skip
+    """The input resized to the generation size; the global generator seeded with the request
+    seed (the pipeline samples the reference latents without a generator)."""
+
+    def call(pipe: Any) -> np.ndarray:
+        w, h = gen_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            result = pipe(prompt=prompt, image=_pil(resize(image, gen_size)), height=h, width=w,
+                          num_inference_steps=steps, generator=_generator(), **JOY_COMMON)  # fmt: skip
+        out = resize(_first(result), out_size)
+        return out if alpha is None else keep_outside(out, image, alpha)
+
+    return call
+
+
+def longcat_edit(prompt: str, image: np.ndarray, steps: int, alpha: np.ndarray | None = None,
+                 guidance: float = 4.5) -> Callable[[Any], np.ndarray]:  # fmt: skip
+    def call(pipe: Any) -> np.ndarray:
+        result = pipe(image=_pil(image), prompt=prompt, num_inference_steps=steps,
+                      guidance_scale=guidance, generator=_generator())  # fmt: skip
+        out = _first(result)
+        return out if alpha is None else keep_outside(out, image, alpha)
+
+    return call
+
+
+def flatten_white(rgba: np.ndarray) -> np.ndarray:
+    """The documented opaque output of an RGBA model: alpha composited onto white."""
+    rgb, a = rgba[..., :3].astype(np.uint16), rgba[..., 3:4].astype(np.uint16)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def qwen21_edit(prompt: str, refs: list[np.ndarray], steps: int, alpha: np.ndarray | None = None,
+                transparent: bool = False) -> Callable[[Any], np.ndarray]:  # fmt: skip
+    """References at their own size, ``output_resolution`` = sqrt(64*64) = 64, no CFG."""
+
+    def call(pipe: Any) -> np.ndarray:
+        result = pipe(prompt=prompt, image=[_pil(r) for r in refs], height=64, width=64,
+                      num_inference_steps=steps, generator=_generator(), output_resolution=64)  # fmt: skip
+        rgba = np.asarray(result.images[0])
+        if transparent:
+            return rgba
+        out = flatten_white(rgba)
+        return out if alpha is None else keep_outside(out, refs[0], alpha)
+
+    return call
+
+
+def small_renders() -> AbstractContextManager[Any]:
+    """JoyImage's resolution buckets and LongCat's ~1 MP render size, shrunk to 64x64 on both
+    sides of the comparison (``tests/engines/conftest.py`` does the same)."""
+    import contextlib
+
+    import diffusers.pipelines.joyimage.image_processor as joy_buckets
+    import diffusers.pipelines.longcat_image.pipeline_longcat_image_edit as longcat
+
+    full_size = longcat.calculate_dimensions
+    stack = contextlib.ExitStack()
+    stack.enter_context(mock.patch.object(joy_buckets, "find_best_bucket", return_value=(64, 64)))
+    stack.enter_context(mock.patch.object(
+        longcat, "calculate_dimensions", lambda area, ratio: full_size(64 * 64, ratio)
+    ))  # fmt: skip
+    return stack
+
+
 def small_qwen_constants() -> AbstractContextManager[Any]:
     """Qwen's pipelines resize inputs to ~1 MP (module constants); shrink them to 64x64 on
     both sides of the comparison (``tests/engines/conftest.py`` does the same)."""
@@ -255,7 +331,7 @@ def small_qwen_constants() -> AbstractContextManager[Any]:
 def cases() -> list[Case]:
     a, b, c = source(), source(20), source(40)
     hard, soft = alpha_mask(), alpha_mask(soft=True)
-    qwen = [small_qwen_constants]
+    qwen, renders = [small_qwen_constants], [small_renders]
     return [
         # FLUX.2-klein: quality -> 2/4/4 steps, guidance 1.0, size budget, references, masks.
         Case("klein edit quality=high", "flux2-klein", {"prompt": "make it blue"}, [a],
@@ -308,6 +384,26 @@ def cases() -> list[Case]:
         Case("kontext input_fidelity=high", "flux-kontext",
              {"prompt": "x", "input_fidelity": "high", "quality": "medium"}, [a],
              kontext_inpaint("x", a, None, 3, 0.8)),
+        # JoyImage-Edit: CFG 4.0, the input resized to the generation size, masks composited.
+        Case("joyimage edit", "joyimage-edit", {"prompt": "make it blue"}, [a],
+             joy_edit("make it blue", a, 4), patches=renders),
+        Case("joyimage quality=low mask", "joyimage-edit", {"prompt": "a rose", "quality": "low"},
+             [a], joy_edit("a rose", a, 2, alpha=hard), alpha=hard, patches=renders),
+        Case("joyimage soft mask", "joyimage-edit", {"prompt": "a rose", "quality": "medium"}, [a],
+             joy_edit("a rose", a, 3, alpha=soft), alpha=soft, tolerance=1, patches=renders),
+        # LongCat-Image-Edit: CFG 4.5, no step callback (previews from the transformer hook).
+        Case("longcat edit", "longcat-image-edit", {"prompt": "make it blue"}, [a],
+             longcat_edit("make it blue", a, 4), patches=renders),
+        Case("longcat mask quality=medium", "longcat-image-edit",
+             {"prompt": "a rose", "quality": "medium"}, [a],
+             longcat_edit("a rose", a, 3, alpha=hard), alpha=hard, patches=renders),
+        # Qwen-Image-2.1: references as given, no CFG, RGBA flattened onto white (or kept).
+        Case("qwen21 edit", "qwen-image-2.1", {"prompt": "make it blue"}, [a],
+             qwen21_edit("make it blue", [a], 4)),
+        Case("qwen21 3 references quality=low", "qwen-image-2.1", {"prompt": "mix", "quality": "low"},
+             [a, b, c], qwen21_edit("mix", [a, b, c], 2)),
+        Case("qwen21 mask", "qwen-image-2.1", {"prompt": "a rose"}, [a],
+             qwen21_edit("a rose", [a], 4, alpha=hard), alpha=hard),
         Case("sd mask n=2 (image 2)", "sd-inpaint", {"prompt": "a rose", "n": 2}, [a],
              sd_inpaint("a rose", a, hard, 4, 1.0, n=2, index=1), alpha=hard),
     ]
@@ -330,6 +426,8 @@ def load_reference(engine: str, folder: Path) -> Any:
         pipe = diffusers.QwenImageEditPlusPipeline.from_pretrained(
             folder, processor=processor, local_files_only=True
         )
+    elif engine in ("joyimage-edit", "qwen-image-2.1", "longcat-image-edit"):
+        pipe = _load_qwen_vl(engine, folder)
     else:
         cls = {"flux2-klein": diffusers.Flux2KleinPipeline,
                "sd-inpaint": diffusers.StableDiffusionInpaintPipeline,
@@ -337,6 +435,32 @@ def load_reference(engine: str, folder: Path) -> Any:
         pipe = cls.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _load_qwen_vl(engine: str, folder: Path) -> Any:
+    """The Qwen-VL-encoder pipelines with their processor rebuilt from the saved folder (no
+    video processor: transformers cannot build it without torchvision)."""
+    import diffusers
+    from transformers import (
+        Qwen2TokenizerFast,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen3VLProcessor,
+    )
+
+    sub = "text_processor" if engine == "longcat-image-edit" else "processor"
+    cls: Any = Qwen2VLProcessor if engine == "longcat-image-edit" else Qwen3VLProcessor
+    tok = Qwen2TokenizerFast.from_pretrained(folder / sub)
+    with mock.patch.object(cls, "check_argument_for_proper_class", return_value=None):
+        processor = cls(image_processor=Qwen2VLImageProcessor.from_pretrained(folder / sub), tokenizer=tok,
+                        video_processor=None, chat_template=(folder / sub / "chat_template.jinja").read_text())  # fmt: skip
+    if engine == "longcat-image-edit":
+        return diffusers.LongCatImageEditPipeline.from_pretrained(
+            folder, text_processor=processor, local_files_only=True
+        )
+    pipeline: Any = {"joyimage-edit": diffusers.JoyImageEditPipeline,
+                     "qwen-image-2.1": diffusers.QwenImage21Pipeline}[engine]  # fmt: skip
+    return pipeline.from_pretrained(folder, processor=processor, local_files_only=True)
 
 
 def files(case: Case) -> dict[str, Any]:

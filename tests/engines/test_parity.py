@@ -31,7 +31,8 @@ from tests.engines.helpers import pixels
 pytestmark = [pytest.mark.anyio, pytest.mark.torch]
 
 WEIGHTS = {"flux2-klein": "klein_weights", "qwen-image-edit": "qwen_weights", "sd-inpaint": "sd_weights",
-           "flux-kontext": "kontext_weights"}  # fmt: skip
+           "flux-kontext": "kontext_weights", "joyimage-edit": "joyimage_weights",
+           "longcat-image-edit": "longcat_weights", "qwen-image-2.1": "qwen21_weights"}  # fmt: skip
 CASES = parity.cases()
 _references: dict[str, Any] = {}
 

@@ -267,3 +267,186 @@ def tiny_kontext(root: Path) -> Any:
 def save_tiny_kontext(root: Path) -> Path:
     tiny_kontext(root).save_pretrained(root / "kontext")
     return root / "kontext"
+
+
+QWEN3_VL_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}"
+    "{{ m['content'] }}{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+    "{{ c['text'] }}{% else %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}"
+    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+"""Qwen3-VL's template shape: message contents are lists of text / image parts (Qwen-Image-2.1
+counts the system tokens it drops by rendering one)."""
+
+
+def qwen3_vl_image_processor() -> Qwen2VLImageProcessor:
+    # Qwen3-VL: 16-px patches merged 2x2, one merged token per 32x32 pixels; tiny limits.
+    return Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2, min_pixels=32 * 32, max_pixels=64 * 64
+    )
+
+
+def tiny_qwen3_vl(tok: Qwen2TokenizerFast) -> Any:
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 16,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "head_dim": 8,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]},
+        },
+        vision_config={
+            "depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+            "out_hidden_size": 16, "patch_size": 16, "spatial_merge_size": 2,
+            "temporal_patch_size": 2, "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],  # the default (8, 16, 24) needs 25 vision layers
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    return Qwen3VLForConditionalGeneration(config).eval()
+
+
+def _save_processor(folder: Path, tok: Qwen2TokenizerFast, image_processor: Any) -> None:
+    """A ``processor/``-style folder as the real repositories have one: image processor
+    settings, tokenizer files and the chat template (the engine loader reads it)."""
+    image_processor.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(tok.chat_template or "")
+
+
+def tiny_qwen21(root: Path) -> Any:
+    """Qwen-Image-2.1 at toy size: the RGBA VAE with its real 16x downsampling (5 levels of
+    width 4), z_dim 8 (not 4: the pipeline would take a 4-channel image for latents)."""
+    from diffusers import (
+        AutoencoderKLQwenImage21,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImage21Pipeline,
+        QwenImage21Transformer2DModel,
+    )
+
+    tok = qwen_tokenizer(root / "qwen-tok")
+    tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    transformer = QwenImage21Transformer2DModel(
+        patch_size=1, in_channels=8, out_channels=8, num_layers=1, attention_head_dim=16,
+        num_attention_heads=2, context_in_dim=16, mlp_ratio=2, axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage21(
+        base_dim=4, decoder_base_dim=4, z_dim=8, dim_mult=[1, 1, 1, 1, 1], num_res_blocks=1,
+        attn_scales=[], temperal_downsample=[False, True, True, True],
+        latents_mean=[0.0] * 8, latents_std=[1.0] * 8,
+    )  # fmt: skip
+    processor = _image_only(
+        "qwen3-vl", image_processor=qwen3_vl_image_processor(), tokenizer=tok,
+        chat_template=tok.chat_template,
+    )  # fmt: skip
+    return QwenImage21Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=tiny_qwen3_vl(tok),
+        processor=processor, transformer=transformer,
+    )  # fmt: skip
+
+
+def tiny_joyimage(root: Path) -> Any:
+    """JoyImage-Edit at toy size: a 3-level Wan VAE (8x), z_dim 16, one transformer block."""
+    from diffusers import (
+        AutoencoderKLWan,
+        FlowMatchEulerDiscreteScheduler,
+        JoyImageEditPipeline,
+        JoyImageEditTransformer3DModel,
+    )
+
+    tok = qwen_tokenizer(root / "qwen-tok")
+    tok.chat_template = QWEN3_VL_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    transformer = JoyImageEditTransformer3DModel(
+        patch_size=[1, 2, 2], in_channels=16, hidden_size=32, num_attention_heads=2, text_dim=16,
+        num_layers=1, rope_dim_list=[4, 6, 6], theta=256,
+    )  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+    )  # fmt: skip
+    processor = _image_only(
+        "qwen3-vl", image_processor=qwen3_vl_image_processor(), tokenizer=tok,
+        chat_template=tok.chat_template,
+    )  # fmt: skip
+    return JoyImageEditPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=tiny_qwen3_vl(tok),
+        tokenizer=tok, transformer=transformer, processor=processor,
+    )  # fmt: skip
+
+
+def tiny_longcat(root: Path) -> Any:
+    """LongCat-Image-Edit at toy size: the tiny Qwen2.5-VL encoder of ``tiny_qwen_edit_plus``,
+    a 2-level FLUX.1-style VAE with the 16 latent channels the pipeline hard-codes."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        LongCatImageEditPipeline,
+        LongCatImageTransformer2DModel,
+    )
+
+    qwen = tiny_qwen_edit_plus(root)
+    torch.manual_seed(0)
+    transformer = LongCatImageTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+        axes_dims_rope=[4, 6, 6],
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(4, 4),
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        layers_per_block=1, norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035, sample_size=32,
+    )  # fmt: skip
+    processor = _image_only("qwen2-vl", image_processor=qwen_image_processor(), tokenizer=qwen.tokenizer)
+    return LongCatImageEditPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=qwen.text_encoder,
+        tokenizer=qwen.tokenizer, text_processor=processor, transformer=transformer,
+    )  # fmt: skip
+
+
+def _image_only(kind: str, **parts: Any) -> Any:
+    """A Qwen2-VL / Qwen3-VL processor without the video processor that transformers cannot
+    build without torchvision (the unused part; the type check is skipped for it)."""
+    from unittest import mock
+
+    from transformers import Qwen2VLProcessor, Qwen3VLProcessor
+
+    cls: Any = Qwen2VLProcessor if kind == "qwen2-vl" else Qwen3VLProcessor
+    with mock.patch.object(cls, "check_argument_for_proper_class", return_value=None):
+        return cls(video_processor=None, **parts)
+
+
+def save_tiny_qwen21(root: Path) -> Path:
+    pipe = tiny_qwen21(root)
+    folder = root / "qwen21"
+    tok, image_processor = pipe.processor.tokenizer, pipe.processor.image_processor
+    pipe.register_modules(processor=None)  # no video processor: saved by hand below
+    pipe.save_pretrained(folder)
+    _save_processor(folder / "processor", tok, image_processor)
+    return folder
+
+
+def save_tiny_joyimage(root: Path) -> Path:
+    pipe = tiny_joyimage(root)
+    folder = root / "joyimage"
+    image_processor = pipe.processor.image_processor
+    pipe.register_modules(processor=None)
+    pipe.save_pretrained(folder)
+    _save_processor(folder / "processor", pipe.tokenizer, image_processor)
+    return folder
+
+
+def save_tiny_longcat(root: Path) -> Path:
+    pipe = tiny_longcat(root)
+    folder = root / "longcat"
+    image_processor = pipe.text_processor.image_processor
+    pipe.register_modules(text_processor=None)
+    pipe.save_pretrained(folder)
+    _save_processor(folder / "text_processor", pipe.tokenizer, image_processor)
+    return folder

@@ -343,6 +343,8 @@ class DiffusersEngine:
     batches = False
     """Whether the family's pipelines take per-request inputs on their batch dimension
     (``_generate_batch``); the others run one request per call."""
+    size_multiple = SIZE_MULTIPLE
+    """Generation sides are multiples of this (Qwen-Image-2.1: 32, a 16x VAE and 2x2 tokens)."""
 
     def __init__(self, model: ModelSettings) -> None:
         self.model = model
@@ -529,6 +531,7 @@ class DiffusersEngine:
             job.size,
             min_pixels=d.min_pixels if o.min_pixels is None else o.min_pixels,
             max_pixels=o.max_pixels or d.max_pixels,
+            multiple=self.size_multiple,
         )
         guidance = d.guidance_scale if o.guidance_scale is None else o.guidance_scale
         if job.complexity is not None and self.complexity_scales_guidance:
@@ -570,6 +573,45 @@ class _NoProgress:
 
     def partial(self, image: Pixels, *, output_index: int = 0) -> None:
         return None
+
+
+def image_only_processor(folder: Path, kind: Literal["qwen2-vl", "qwen3-vl"], subfolder: str = "processor") -> Any:
+    """The Qwen2-VL / Qwen3-VL processor of a pipeline folder, without its video processor.
+
+    transformers cannot build the (unused) video processors without torchvision, and the only
+    torchvision 0.28.0 wheel there is (PyPI's) is a CUDA build that does not load next to the CPU
+    torch this project pins. Reads ``subfolder`` (image processor settings; tokenizer files,
+    else ``tokenizer/``; a ``chat_template.jinja`` if present, else the tokenizer's template).
+    """
+    from transformers import (
+        AutoTokenizer,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen3VLProcessor,
+    )
+
+    base: Any = Qwen2VLProcessor if kind == "qwen2-vl" else Qwen3VLProcessor
+
+    class ImageOnlyProcessor(base):  # type: ignore[misc]
+        """Skips the type check of the absent video processor; images work unchanged."""
+
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    processor_dir = folder / subfolder
+    tokenizer_dir = processor_dir if (processor_dir / "tokenizer_config.json").is_file() else folder / "tokenizer"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    template_file = processor_dir / "chat_template.jinja"
+    template = template_file.read_text() if template_file.is_file() else tokenizer.chat_template
+    ImageOnlyProcessor.__name__ = f"ImageOnly{base.__name__}"
+    return ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessor.from_pretrained(processor_dir),
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=template,
+    )
 
 
 def place(pipe: Any, model: ModelSettings, device: torch.device) -> None:

@@ -12,6 +12,9 @@ LICENSES = {
     "qwen-image-edit": "apache-2.0",
     "sd-inpaint": "creativeml-openrail-m",
     "flux-kontext": "flux-1-dev-non-commercial",
+    "joyimage-edit": "apache-2.0",
+    "longcat-image-edit": "apache-2.0",
+    "qwen-image-2.1": "qwen-research-non-commercial",  # Qwen-Image-2.1's research licence
     "upstream": "upstream-terms",  # a relay: the upstream provider's own terms apply
 }
 """Licence of each engine's default weights; ``ModelSettings.license`` overrides it for other

@@ -13,6 +13,12 @@ Previews of flow-matching families (FLUX.2, Qwen) decode the x0 estimate: with E
 image taking shape rather than noise. Stable Diffusion (epsilon prediction) gets the fallback:
 its current latents ``x_t`` are decoded as they are (noisy early on, clear after ~40 %).
 
+Pipelines without ``callback_on_step_end`` (LongCat-Image-Edit) run the tap on the pre-hook
+alone (``hook_only``): a denoiser call with a new timestep means the previous step finished,
+and its input holds that step's output latents (the first ``target_tokens`` tokens), so the
+step count, the previews and the cancellation check all happen one call later, before the
+next step's compute; the last step is counted when the call returns.
+
 Decoding uses the pipeline's own VAE on latents average-pooled by ``preview_downscale`` (2: a
 quarter of the pixels, a quarter of the cost); the service resizes partials to the output size.
 """
@@ -61,10 +67,16 @@ class DenoiseTap:
         flow: bool,
         on_step: Callable[[], None],
         outputs: Sequence[tuple[Progress, int]] | None = None,
+        hook_only: Any = None,
+        target_tokens: int = 0,
     ) -> None:
         """``outputs``: where partial images go, as (progress, batch row) pairs; default the
         first image of the call to ``progress``. A batched call lists each request's first row
-        and passes the group's progress (cancelled only when all members are)."""
+        and passes the group's progress (cancelled only when all members are).
+
+        ``hook_only``: the pipeline, for pipelines that take no step callback; the latents of
+        a finished step are then the first ``target_tokens`` tokens of the next denoiser
+        input (``None`` = all of it)."""
         self.progress = progress
         self.outputs = list(outputs) if outputs is not None else [(progress, 0)]
         self.emit = preview_steps(steps, partial_images)
@@ -75,6 +87,9 @@ class DenoiseTap:
         self._kwargs: dict[str, Any] = {}
         self._broken = False
         self.steps_done = 0
+        self._hook_pipe = hook_only
+        self._target_tokens = target_tokens
+        self._timestep: float | None = None
 
     @contextlib.contextmanager
     def watching(self, denoiser: torch.nn.Module, *, cache_context: bool = False) -> Iterator[DenoiseTap]:
@@ -89,6 +104,8 @@ class DenoiseTap:
                     yield self
             else:
                 yield self
+            if self._hook_pipe is not None and self._timestep is not None:
+                self._step_end(self._hook_pipe, None)  # the last step: no later call sees it
         finally:
             handle.remove()
 
@@ -96,18 +113,30 @@ class DenoiseTap:
         self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self.progress.check()
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if self._hook_pipe is not None:
+            timestep = float(kwargs["timestep"].flatten()[0])
+            if timestep == self._timestep:  # the same step's second (CFG) pass
+                return None
+            if self._timestep is not None and hidden is not None:
+                latents = hidden[:, : self._target_tokens] if self._target_tokens else hidden
+                self._step_end(self._hook_pipe, latents)
+            self._timestep = timestep
         if self.emit:
-            self._x_in = kwargs.get("hidden_states", args[0] if args else None)
+            self._x_in = hidden
             self._kwargs = kwargs
         return None
 
     def __call__(self, pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        self._step_end(pipe, tensors["latents"])
+        return tensors
+
+    def _step_end(self, pipe: Any, latents: torch.Tensor | None) -> None:
         self.steps_done += 1
         self.on_step()
         self.progress.check()
-        if (i + 1) in self.emit and not self._broken:
-            self._publish(pipe, tensors["latents"])
-        return tensors
+        if latents is not None and self.steps_done in self.emit and not self._broken:
+            self._publish(pipe, latents)
 
     def _publish(self, pipe: Any, latents: torch.Tensor) -> None:
         for progress, row in self.outputs:
@@ -202,6 +231,38 @@ def qwen_decoder(pipe: Any, downscale: int) -> Decoder:
         latents = _pool(latents, downscale)
         decoded = vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0]
         return to_rgb8(decoded[:, :, 0])
+
+    return decode
+
+
+def joy_decoder(pipe: Any, downscale: int) -> Decoder:
+    """JoyImage latents ``(B, items, C, T, h, w)``: the last item is the target (the first
+    holds the reference) -> de-normalise -> the Wan VAE, frame 0."""
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        latents = pipe.denormalize_latents(x[:, -1])
+        latents = _pool(latents, downscale)
+        vae = pipe.vae
+        decoded = vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0]
+        return to_rgb8(decoded[:, :, 0])
+
+    return decode
+
+
+def qwen21_decoder(pipe: Any, size: tuple[int, int], downscale: int) -> Decoder:
+    """Qwen-Image-2.1 latents: unpatched tokens (1, h*w, C), row-major -> de-normalise -> the
+    RGBA VAE, frame 0; the preview shows the colour channels."""
+    width, height = size
+
+    def decode(x: torch.Tensor, kwargs: dict[str, Any]) -> Pixels:
+        latents = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+        vae = pipe.vae
+        z = vae.config.z_dim
+        mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1)
+        latents = _pool(latents * std.to(latents) + mean.to(latents), downscale)
+        decoded = vae.decode(latents.to(vae.device, vae.dtype), return_dict=False)[0]
+        return to_rgb8(decoded[:, :3, 0])
 
     return decode
 

@@ -34,6 +34,9 @@ from retouch.engine.diffusers_common import (
     steps_run,
     to_pixels,
 )
+from retouch.engine.diffusers_common import (
+    image_only_processor as common_image_only_processor,
+)
 from retouch.engine.previews import DenoiseTap, qwen_decoder
 from retouch.engine.types import EditJob, EditOutput, Progress
 from retouch.errors import InvalidValue
@@ -56,23 +59,7 @@ def image_only_processor(folder: Path) -> Any:
 
     Reads ``processor/`` (image processor settings; tokenizer files, else ``tokenizer/``).
     """
-    from transformers import AutoTokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor
-
-    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-        """Skips the type check of the absent video processor; images work unchanged."""
-
-        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-            if argument_name == "video_processor" and argument is None:
-                return None
-            return super().check_argument_for_proper_class(argument_name, argument)  # type: ignore[no-untyped-call]
-
-    processor_dir = folder / "processor"
-    tokenizer_dir = processor_dir if (processor_dir / "tokenizer_config.json").is_file() else folder / "tokenizer"
-    return ImageOnlyQwen2VLProcessor(  # type: ignore[no-untyped-call]
-        image_processor=Qwen2VLImageProcessor.from_pretrained(processor_dir),
-        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
-        video_processor=None,
-    )
+    return common_image_only_processor(folder, "qwen2-vl")
 
 
 class QwenImageEditEngine(DiffusersEngine):

@@ -19,6 +19,9 @@ _GENERATIVE = {
     "qwen-image-edit": ("retouch.engine.qwen_image_edit", "QwenImageEditEngine"),
     "sd-inpaint": ("retouch.engine.sd_inpaint", "SDInpaintEngine"),
     "flux-kontext": ("retouch.engine.flux_kontext", "FluxKontextEngine"),
+    "joyimage-edit": ("retouch.engine.joyimage_edit", "JoyImageEditEngine"),
+    "longcat-image-edit": ("retouch.engine.longcat_image_edit", "LongCatImageEditEngine"),
+    "qwen-image-2.1": ("retouch.engine.qwen_image21", "QwenImage21Engine"),
 }
 
 def check_license(model: ModelSettings) -> None:

@@ -22,6 +22,9 @@ DEFAULT_WEIGHTS: dict[str, str | None] = {
     # SD inpainting weights are the operator's choice (several community copies exist).
     "sd-inpaint": None,
     "flux-kontext": "black-forest-labs/FLUX.1-Kontext-dev",  # gated on the hub: accept its licence
+    "joyimage-edit": "jdopensource/JoyAI-Image-Edit-Diffusers",
+    "longcat-image-edit": "meituan-longcat/LongCat-Image-Edit",
+    "qwen-image-2.1": "Qwen/Qwen-Image-2.1",
 }
 
 # Files a diffusers folder never needs: other frameworks' formats and training leftovers.
