@@ -152,11 +152,16 @@ class Flag:
 
 
 def _job(i: int, *, references: int = 1, size: tuple[int, int] = (64, 64), generate: bool = False,
-         seed: int = 0) -> EditJob:  # fmt: skip
+         seed: int = 0, masked: bool = False) -> EditJob:  # fmt: skip
     """Request i: its own prompt and images (image k of request i: the gradient rolled by
-    17 i + 5 k along alternating axes, ``size`` = (width, height))."""
+    17 i + 5 k along alternating axes, ``size`` = (width, height)); ``masked``: its own edit
+    area (255 = edit, as ``EditJob.mask``), image 1 then is the start image."""
     images = tuple(np.roll(gradient(size), 17 * i + 5 * k, axis=(1, 0)[k % 2]) for k in range(references))
-    return EditJob(prompt=PROMPTS[i], images=images, mask=None, size=(64, 64), n=1, quality="high",
+    mask = None
+    if masked:
+        mask = np.zeros((64, 64), np.uint8)
+        mask[8 + 8 * i : 40 + 8 * i, 16:48] = 255
+    return EditJob(prompt=PROMPTS[i], images=images, mask=mask, size=(64, 64), n=1, quality="high",
                    input_fidelity="low", background="auto", partial_images=0, generate=generate,
                    seed=seed)  # fmt: skip
 
@@ -251,6 +256,8 @@ KLEIN_CASES = {
     "two references": {"references": 2},
     "non-square references": {"references": 2, "size": (96, 64)},
     "generations": {"references": 1, "generate": True},
+    "masked": {"references": 1, "masked": True},
+    "masked with a reference": {"references": 2, "masked": True},
 }
 
 
@@ -313,22 +320,23 @@ def test_klein_without_per_row_references_rows_would_mix(
 
 
 def test_klein_requests_that_cannot_share_a_run_are_not_grouped(klein_weights: Path) -> None:
-    """Different reference counts, reference sizes, output sizes or masked edits: each runs
-    alone (the single-request call), with exactly its own image."""
+    """Different reference counts, reference sizes, output sizes, paths (masked or not, a
+    generation or an edit): each runs alone (the single-request call), with exactly its own
+    image; a masked edit with two references never enters the coalescer."""
     alone = _klein(klein_weights, KLEIN)
-    batched = _klein(klein_weights, {**KLEIN, "batch_max_size": 5, "batch_window_ms": 300}, workers=5)
-    mask = np.zeros((64, 64), np.uint8)
-    mask[8:40, 16:48] = 255
+    batched = _klein(klein_weights, {**KLEIN, "batch_max_size": 7, "batch_window_ms": 300}, workers=7)
     jobs = [
         _job(0),
         _job(1, references=2),  # two references
         _job(2, size=(96, 64)),  # a wider reference
         dataclasses.replace(_job(0), size=(64, 48)),  # another output size
-        dataclasses.replace(_job(1), mask=mask),  # masked: the inpaint pipeline, alone
+        _job(1, masked=True),  # the inpaint pipeline
+        _job(2, generate=True),  # no references
+        _job(0, references=3, masked=True),  # masked with two references: always alone
     ]
     want = [alone.run(j, Flag()).images[0] for j in jobs]
     got = _concurrently(batched, jobs)
-    assert sorted(batched.coalescer.sizes) == [1, 1, 1, 1]  # the masked job bypasses the coalescer
+    assert sorted(batched.coalescer.sizes) == [1] * 6
     assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))  # exactly the lone call
 
 

@@ -12,12 +12,16 @@ One resident set of weights serves every mode:
 
 The distilled 4B model is made for 4 steps at guidance 1.0 (no CFG pass).
 
-Cross-request batching (``batch_max_size``) covers the unmasked path: edits whose references
-have the same count and sizes, and generations. ``Flux2KleinPipeline`` takes one reference list
-for the whole batch (``prepare_image_latents`` encodes it once and repeats it over the rows), so
-a batched call replaces that method for the call (``per_row_references``): every row gets its
-own request's reference latents, each encoded by the pipeline's own method exactly as alone.
-Masked edits run alone.
+Cross-request batching (``batch_max_size``): requests with the same generation size, steps,
+strength, guidance and reference count and sizes share one call.
+
+* unmasked edits and generations: ``Flux2KleinPipeline`` takes one reference list for the whole
+  batch (``prepare_image_latents`` encodes it once and repeats it over the rows), so a batched
+  call replaces that method for the call (``per_row_references``): every row gets its own
+  request's reference latents, each encoded by the pipeline's own method exactly as alone;
+* masked edits with at most one reference: ``Flux2KleinInpaintPipeline``'s own batch dimension
+  (start images, masks and one reference per row); with two or more references per request
+  its reference list would be read as one batch, so those run alone.
 """
 
 from __future__ import annotations
@@ -122,11 +126,15 @@ class Flux2KleinEngine(DiffusersEngine):
     def batch_key(self, job: EditJob) -> Hashable | None:
         """The base key plus the reference sizes: rows of one call must have reference token
         sequences of equal length (same count, same preprocessed sizes), and the transformer
-        reads one set of position ids for the batch. Masked edits run alone."""
+        reads one set of position ids for the batch. Masked edits with two or more references
+        run alone (the inpaint pipeline reads a reference list as one reference per row)."""
         key = super().batch_key(job)
-        if key is None or self._masked(job):
+        if key is None or job.generate:
+            return None if key is None else (key, ())
+        start = 1 if self._masked(job) else 0
+        sizes = self.reference_sizes(job, start=start, min_side=REFERENCE_MIN_SIDE)
+        if start == 1 and len(sizes) > 1:
             return None
-        sizes = () if job.generate else self.reference_sizes(job, start=0, min_side=REFERENCE_MIN_SIDE)
         return (key, sizes)
 
     def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
@@ -186,36 +194,52 @@ class Flux2KleinEngine(DiffusersEngine):
         return self.output(job, to_pixels(result.images), tap.steps_done)
 
     def _generate_batch(self, members: list[Member]) -> list[EditOutput]:
-        """Unmasked jobs of one ``batch_key`` (same size, steps, guidance, reference sizes, n = 1)
-        as one call: row i is job i's prompt, generator and references."""
-        o, pipe, jobs = self.options, self.pipe, [m.job for m in members]
+        """Jobs of one ``batch_key`` (same path, size, steps, strength, guidance, reference
+        sizes, n = 1) as one call: row i is job i's prompt, generator and references (and
+        start image and mask on the masked path)."""
+        o, jobs = self.options, [m.job for m in members]
+        masked = self._masked(jobs[0])
         plan = self.plan(jobs[0])
         width, height = plan.size
-        rows = [[] if j.generate else self.references(j, start=0, min_side=REFERENCE_MIN_SIDE) for j in jobs]
+        start = 1 if masked else 0
+        rows = [
+            [] if j.generate else self.references(j, start=start, min_side=REFERENCE_MIN_SIDE)
+            for j in jobs
+        ]
+        pipe = self.inpaint if masked else self.pipe
         tap = DenoiseTap(
             progress=GroupProgress(members),
-            steps=plan.steps,
+            steps=steps_run(plan.steps, plan.strength) if masked else plan.steps,
             partial_images=jobs[0].partial_images,
             decode=klein_decoder(pipe, plan.size, o.preview_downscale),
             flow=True,
             on_step=self.count_step,
             outputs=[(m.progress, row) for row, m in enumerate(members)],
         )
-        with tap.watching(pipe.transformer), per_row_references(pipe, rows):
-            result = pipe(
-                prompt=[j.prompt for j in jobs],
-                image=rows[0] or None,  # the pipeline checks and sizes these; the override encodes every row's
-                height=height,
-                width=width,
-                num_inference_steps=plan.steps,
-                guidance_scale=plan.guidance_scale,
-                generator=batch_generators(jobs, o.seed),
-                output_type="np",
-                callback_on_step_end=tap,
-                callback_on_step_end_tensor_inputs=["latents"],
-                max_sequence_length=o.max_sequence_length or 512,
-                text_encoder_out_layers=tuple(o.text_encoder_out_layers or TEXT_ENCODER_OUT_LAYERS),
-            )
+        common: dict[str, Any] = {
+            "prompt": [j.prompt for j in jobs],
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance_scale,
+            "generator": batch_generators(jobs, o.seed),
+            "output_type": "np",
+            "callback_on_step_end": tap,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+            "max_sequence_length": o.max_sequence_length or 512,
+            "text_encoder_out_layers": tuple(o.text_encoder_out_layers or TEXT_ENCODER_OUT_LAYERS),
+        }
+        with tap.watching(pipe.transformer):
+            if masked:  # the inpaint pipeline's own batch dimension: one reference per row at most
+                result = pipe(
+                    image=[pil_rgb(j.images[0], plan.size) for j in jobs],
+                    mask_image=[diffusers_mask(j.mask, plan.size) for j in jobs],
+                    image_reference=[refs[0] for refs in rows] if rows[0] else None,
+                    strength=plan.strength,
+                    **common,
+                )
+            else:
+                with per_row_references(pipe, rows):
+                    # the pipeline checks and sizes row 0's; the override encodes every row's
+                    result = pipe(image=rows[0] or None, height=height, width=width, **common)
         images = to_pixels(result.images)
         return [self.output(j, [images[row]], tap.steps_done) for row, j in enumerate(jobs)]
 
