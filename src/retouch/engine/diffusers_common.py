@@ -394,8 +394,8 @@ class DiffusersEngine:
         if batch > 1 and not self.batches:
             raise EngineLoadError(
                 f"model {self.model.name!r}: the {self.family} engine does not batch across "
-                "requests (its pipeline takes one set of input images per call); remove "
-                "batch_max_size"
+                "requests (its pipeline has no batch dimension for per-request inputs; see "
+                "docs/engines-diffusers.md, batching); remove batch_max_size"
             )
         if batch > 1 and self.options.cache is not None:
             raise EngineLoadError(
