@@ -1,8 +1,8 @@
 """Cross-request batching on vs off: throughput at 8 concurrent clients, and the lone request's
 latency cost (the batch window it waits in).
 
-Tiny random-weight pipelines on the CPU (FLUX.1-Kontext and SD inpainting, the two families
-that batch), served in-process (``build_app``, the official ``openai`` SDK over an ASGI
+Tiny random-weight pipelines on the CPU (FLUX.2-klein, FLUX.1-Kontext and SD inpainting, the
+families that batch; klein's edits each with their own reference image), served in-process (``build_app``, the official ``openai`` SDK over an ASGI
 transport), 64x64 edits, every client with its own prompt and image:
 
 * off: ``workers = 1`` (today's behaviour: one pipeline call per request);
@@ -13,6 +13,7 @@ On a real GPU the gain depends on how far batch 1 is from saturating the device 
 figures: unmeasured here (no GPU was lent).
 
     python bench/batching.py [--requests 32] [--clients 8] [--window-ms 50] [--steps 4]
+                             [--engines flux2-klein,flux-kontext,sd-inpaint]
 """
 
 from __future__ import annotations
@@ -89,18 +90,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--window-ms", type=float, default=50)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--engines", default="flux-kontext,sd-inpaint")
+    parser.add_argument("--engines", default="flux2-klein,flux-kontext,sd-inpaint")
     args = parser.parse_args()
     torch.set_num_threads(1)
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    savers = {"flux-kontext": tiny_pipelines.save_tiny_kontext, "sd-inpaint": tiny_pipelines.save_tiny_sd}
-    base = {"max_pixels": 64 * 64, "min_pixels": 0, "steps": args.steps, "seed": 0}
+    savers = {"flux-kontext": tiny_pipelines.save_tiny_kontext, "sd-inpaint": tiny_pipelines.save_tiny_sd,
+              "flux2-klein": tiny_pipelines.save_tiny_klein}  # fmt: skip
+    common = {"max_pixels": 64 * 64, "min_pixels": 0, "steps": args.steps, "seed": 0}
+    family = {"flux2-klein": {"max_sequence_length": 64, "text_encoder_out_layers": [1]}}
     print(f"{args.requests} requests from {args.clients} concurrent clients, 64x64, {args.steps} steps, "
           f"1 torch thread, window {args.window_ms:g} ms")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for engine in args.engines.split(","):
+            base = {**common, **family.get(engine, {})}
             folder = savers[engine](Path(tmp) / engine)
             off = asyncio.run(measure(engine, folder, Path(tmp) / f"{engine}-off", base, 1, args))
             on_options = {**base, "batch_max_size": args.clients, "batch_window_ms": args.window_ms}
@@ -109,7 +113,8 @@ def main() -> None:
             print(f"{engine}: throughput off {off[0]:.2f} img/s, on {on[0]:.2f} img/s "
                   f"(x{on[0] / off[0]:.2f}); mean batch {statistics.mean(groups):.1f}; "
                   f"lone request off {off[1] * 1000:.0f} ms, on {on[1] * 1000:.0f} ms "
-                  f"(+{(on[1] - off[1]) * 1000:.0f} ms, {100 * (on[1] / off[1] - 1):+.0f} %)", flush=True)  # fmt: skip
+                  f"(+{(on[1] - off[1]) * 1000:.0f} ms, {100 * (on[1] / off[1] - 1):+.0f} %); "
+                  f"load average {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

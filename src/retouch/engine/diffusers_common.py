@@ -130,7 +130,8 @@ class EngineOptions(BaseModel):
     batch_max_size: int = Field(
         1, ge=1, le=64,
         description="Cross-request batching: most concurrent requests run as one pipeline call "
-        "(1 = off); needs workers >= batch_max_size. SD inpainting and FLUX.1-Kontext only.",
+        "(1 = off); needs workers >= batch_max_size. SD inpainting, FLUX.1-Kontext and "
+        "FLUX.2-klein (its reference-image edits and generations).",
     )  # fmt: skip
     batch_window_ms: float = Field(
         20.0, ge=0, le=2000,
@@ -249,16 +250,22 @@ def pil_rgb(pixels: Pixels, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(fit(rgb(pixels), size))
 
 
-def fit_pixels(pixels: Pixels, max_pixels: int, min_side: int = SIZE_MULTIPLE) -> Image.Image:
-    """A reference image shrunk to ``max_pixels`` (aspect kept, sides multiples of 16), or
-    enlarged where its short side is under ``min_side``."""
-    h, w = pixels.shape[:2]
+def fit_size(size: tuple[int, int], max_pixels: int, min_side: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """The (width, height) ``fit_pixels`` gives an image of ``size``."""
+    w, h = size
     gw, gh = generation_size((w, h), min_pixels=0, max_pixels=max_pixels)
     if min(gw, gh) < min_side:
         scale = min_side / min(w, h)
         gw = -(-int(round(w * scale)) // SIZE_MULTIPLE) * SIZE_MULTIPLE
         gh = -(-int(round(h * scale)) // SIZE_MULTIPLE) * SIZE_MULTIPLE
-    return pil_rgb(pixels, (gw, gh))
+    return gw, gh
+
+
+def fit_pixels(pixels: Pixels, max_pixels: int, min_side: int = SIZE_MULTIPLE) -> Image.Image:
+    """A reference image shrunk to ``max_pixels`` (aspect kept, sides multiples of 16), or
+    enlarged where its short side is under ``min_side``."""
+    h, w = pixels.shape[:2]
+    return pil_rgb(pixels, fit_size((w, h), max_pixels, min_side))
 
 
 def diffusers_mask(mask: Pixels | None, size: tuple[int, int]) -> Image.Image:
@@ -389,8 +396,8 @@ class DiffusersEngine:
         if batch > 1 and not self.batches:
             raise EngineLoadError(
                 f"model {self.model.name!r}: the {self.family} engine does not batch across "
-                "requests (its pipeline takes one set of input images per call); remove "
-                "batch_max_size"
+                "requests (its pipeline has no batch dimension for per-request inputs; see "
+                "docs/engines-diffusers.md, batching); remove batch_max_size"
             )
         if batch > 1 and self.options.cache is not None:
             raise EngineLoadError(
@@ -541,9 +548,16 @@ class DiffusersEngine:
     def references(self, job: EditJob, start: int, min_side: int = SIZE_MULTIPLE) -> list[Image.Image]:
         """Input images from ``start`` on, as reference images: aspect kept, within the
         reference pixel budget."""
+        return [fit_pixels(p, self._reference_budget(), min_side) for p in job.images[start:]]
+
+    def reference_sizes(self, job: EditJob, start: int, min_side: int = SIZE_MULTIPLE) -> tuple[tuple[int, int], ...]:
+        """The (width, height) of every image ``references`` gives, without resizing any."""
+        budget = self._reference_budget()
+        return tuple(fit_size((p.shape[1], p.shape[0]), budget, min_side) for p in job.images[start:])
+
+    def _reference_budget(self) -> int:
         o = self.options
-        budget = o.reference_max_pixels or o.max_pixels or self.defaults.max_pixels
-        return [fit_pixels(p, budget, min_side) for p in job.images[start:]]
+        return o.reference_max_pixels or o.max_pixels or self.defaults.max_pixels
 
     def output(self, job: EditJob, generated: list[Pixels], steps: int) -> EditOutput:
         """Resize, composite outside the mask, and cut out the foreground when asked."""
