@@ -10,15 +10,15 @@ import httpx2
 import openai
 import uvicorn
 
-from retouch.api.app import build_app
 from retouch.api.server import server_config
 from retouch.config import Settings
+from tests import apps
 from tests.waiting import wait_until
 
 
 class LiveServer:
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
-        self.app = build_app(settings, **app_kwargs)
+        self.app = apps.build(settings, **app_kwargs)
         # the production configuration (retouch serve), on a free loopback port
         config = server_config(
             self.app, settings, host="127.0.0.1", port=0, log_level="warning",

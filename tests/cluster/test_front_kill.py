@@ -7,8 +7,11 @@ at admission. So a front killed while a request is in flight writes no row for i
 sees a connection error and is not billed. The one window the rule leaves: a front killed after
 the row was committed and before the response bytes went out leaves a row for a request whose
 client saw a connection error (the same as a network loss after the answer); it can never leave
-two rows, nor a 200 row for a request that did not finish. The replica of a dead front's job
-stops it (Ray cancels the calls of a driver that died) or finishes it; its slot comes back.
+two rows, nor a 200 row for a request that did not finish.
+
+Ray does not cancel the calls of a driver that died: the replica runs the dead front's job to
+its end (measured here: the 8 s job of the killed front logged ``CALL stream OK 8014.8ms``),
+the result goes nowhere, and the slot comes back then, at the latest at the run deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import openai
 import psycopg
 import pytest
 
-from tests.cluster.conftest import SLOW_DELAY_S, Cluster
+from tests.cluster.conftest import Cluster
 from tests.cluster.test_cluster import metric, png
 from tests.processes import wait_until
 
@@ -108,7 +111,6 @@ def test_a_killed_front_loses_only_its_in_flight_requests_and_the_ledger_stays_e
                and sum(o == "ok" for o in survivor.outcomes.values()) >= 1,
                timeout=60, what="both fronts to have answered", interval=0.05)  # fmt: skip
     os.kill(a.proc.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
     a.proc.wait(10)
     time.sleep(2.0)  # the survivor keeps working while the cluster notices the dead driver
     slow_thread.join(30)
@@ -116,7 +118,8 @@ def test_a_killed_front_loses_only_its_in_flight_requests_and_the_ledger_stays_e
     served = survivor.finish()
 
     # Every request through the surviving front succeeded.
-    assert served and all(o == "ok" for o in served.values()), served
+    assert served
+    assert all(o == "ok" for o in served.values()), served
     # The killed front's clients saw connection errors, and only for what was in flight.
     assert isinstance(slow["outcome"], openai.APIConnectionError), slow
     errors = {t: o for t, o in lost.items() if o != "ok"}
@@ -128,7 +131,7 @@ def test_a_killed_front_loses_only_its_in_flight_requests_and_the_ledger_stays_e
                        for t in lost), (tag, lost)  # fmt: skip
 
     # The replicas do not keep slots for the dead front's jobs: the slow replica (one slot)
-    # takes a new job within the old job's length, and both echo replicas serve at once.
+    # takes a new job once the old one ran out, and both echo replicas serve at once.
     client = sdk(b.url)
 
     def later(i: int) -> str:
@@ -139,16 +142,12 @@ def test_a_killed_front_loses_only_its_in_flight_requests_and_the_ledger_stays_e
 
     with ThreadPoolExecutor(3) as pool:
         assert sorted(pool.map(later, range(3))) == ["echo", "echo", "slow"]
-    assert time.monotonic() - killed_at < 2 * SLOW_DELAY_S + 10
     ready = b.url + "/readyz"
     import httpx2
 
     body = httpx2.get(ready).json()
     assert body["status"] == "ready", body
     assert metric(b.url, "retouch_running_jobs", model="slow") == 0
-    # Ray cancelled the dead driver's job on its replica (or it ran out): the replica log says
-    # which; either way the slot came back, which is what the requests above proved.
-    print("DEBUG-CANCEL", [ln for ln in cluster.replica_logs().splitlines() if "cancelled" in ln or "slow" in ln][-20:], time.monotonic() - killed_at)
 
     # The ledger: one row per 200 a client got, no duplicates, no 200 for what was lost.
     def rows_settled() -> bool:
