@@ -102,14 +102,17 @@ def test_a_killed_front_loses_only_its_in_flight_requests_and_the_ledger_stays_e
         except Exception as exc:
             slow["outcome"] = exc
 
-    slow_thread = threading.Thread(target=slow_edit)
-    slow_thread.start()
-    wait_until(lambda: metric(a.url, "retouch_running_jobs", model="slow") == 1
-               and metric(a.url, "retouch_running_jobs", model="echo") >= 1,
-               timeout=60, what="front a to have jobs running on the replicas", interval=0.05)  # fmt: skip
     wait_until(lambda: sum(o == "ok" for o in victim.outcomes.values()) >= 1
                and sum(o == "ok" for o in survivor.outcomes.values()) >= 1,
                timeout=60, what="both fronts to have answered", interval=0.05)  # fmt: skip
+    slow_thread = threading.Thread(target=slow_edit)
+    slow_thread.start()
+    try:  # the slow job is surely in flight on its replica; echo jobs of a likely are too
+        wait_until(lambda: metric(a.url, "retouch_running_jobs", model="slow") == 1, timeout=60,
+                   what="front a's slow job to run on its replica", interval=0.05)  # fmt: skip
+    except TimeoutError:
+        raise AssertionError(f"slow: {slow}, a: {victim.outcomes}, a's log:\n"
+                             f"{a.log.read_text()[-3000:]}") from None  # fmt: skip
     os.kill(a.proc.pid, signal.SIGKILL)
     a.proc.wait(10)
     time.sleep(2.0)  # the survivor keeps working while the cluster notices the dead driver
