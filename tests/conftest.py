@@ -15,8 +15,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from retouch.bootstrap import build_app
 from retouch.config import ModelSettings, Settings, load_settings
+from tests import apps
 from tests.live import LiveServer
 from tests.seaweed import SeaweedS3, weed_binary
 
@@ -72,7 +72,7 @@ async def harness_factory() -> AsyncIterator[Callable[..., Any]]:
     managers: list[LifespanManager] = []
 
     async def start(settings: Settings, **kwargs: Any) -> Harness:
-        app = build_app(settings, **kwargs)
+        app = apps.build(settings, **kwargs)
         # shutdown frees pipelines (gc.collect): seconds on a loaded 2-core machine, not 5
         manager = LifespanManager(app, startup_timeout=60, shutdown_timeout=60)
         await manager.__aenter__()

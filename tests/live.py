@@ -11,14 +11,14 @@ import openai
 import uvicorn
 
 from retouch.api.server import server_config
-from retouch.bootstrap import build_app
 from retouch.config import Settings
+from tests import apps
 from tests.waiting import wait_until
 
 
 class LiveServer:
     def __init__(self, settings: Settings, **app_kwargs: Any) -> None:
-        self.app = build_app(settings, **app_kwargs)
+        self.app = apps.build(settings, **app_kwargs)
         # the production configuration (retouch serve), on a free loopback port
         config = server_config(
             self.app, settings, host="127.0.0.1", port=0, log_level="warning",

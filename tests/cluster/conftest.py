@@ -1,6 +1,7 @@
-"""One cluster per test session: SeaweedFS, a Ray head and a second node (one fake GPU each),
-two replicas of the echo engine (one per node), and two ``retouch serve`` fronts with the same
-config. Runs only inside the loopback-only namespace (see tests/test_cluster_suite.py)."""
+"""One cluster per test session: SeaweedFS, a private PostgreSQL (the accounts database both
+fronts share), a Ray head and a second node (one fake GPU each), two replicas of the echo
+engine (one per node), one replica of the ``slow`` echo (no fake GPU: jobs that stay on their
+replica for seconds), and two ``retouch serve`` fronts with the same config. Runs only inside the loopback-only namespace (see tests/test_cluster_suite.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from tests.postgres import PrivatePostgres
 from tests.processes import free_ports, stop, wait_until
 from tests.raycluster import RayCluster, replica_pids
 from tests.seaweed import SeaweedS3
@@ -21,6 +23,8 @@ from tests.seaweed import SeaweedS3
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE_STEPS = 8
 ENGINE_DELAY_S = 0.8
+SLOW_DELAY_S = 8.0
+SLOW_STEPS = 40
 
 
 def only_loopback() -> bool:
@@ -28,10 +32,11 @@ def only_loopback() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def cluster_config(root: Path, ray_address: str, s3: SeaweedS3, name: str) -> Path:
+def cluster_config(root: Path, ray_address: str, s3: SeaweedS3, database_url: str, name: str) -> Path:
     path = root / f"{name}.toml"
     path.write_text(f"""
 data_dir = "{root / name}"
+database_url = "{database_url}"
 log_format = "json"
 
 [queue]
@@ -59,6 +64,13 @@ replicas = 2
 cpus_per_replica = 0
 ray_resources = {{ fake_gpu = 1 }}
 options = {{ delay_s = {ENGINE_DELAY_S}, steps = {ENGINE_STEPS} }}
+
+[[models]]
+name = "slow"
+engine = "echo"
+replicas = 1
+cpus_per_replica = 0
+options = {{ delay_s = {SLOW_DELAY_S}, steps = {SLOW_STEPS} }}
 """)
     return path
 
@@ -67,8 +79,9 @@ class Front:
     def __init__(self, name: str, config: Path, env: dict[str, str]) -> None:
         (self.port,) = free_ports(1)
         self.name = name
+        self.config = config
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = config.with_suffix(".log")
+        self.log = config.parent / f"{config.stem}-{name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "retouch", "serve", "--config", str(config), "--port", str(self.port)],
             env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
@@ -93,12 +106,22 @@ class Front:
 class Cluster:
     ray: RayCluster
     s3: SeaweedS3
+    postgres: PrivatePostgres
+    env: dict[str, str]
     a: Front
     b: Front
     replicas_before_b: list[int]
+    fronts: list[Front]
+    """Every front started (the session stops them all), restarted ones included."""
 
     def replica_logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.ray.log_files())
+
+    def start_front(self, name: str, config: Path) -> Front:
+        front = Front(name, config, self.env)
+        self.fronts.append(front)
+        front.wait_ready()
+        return front
 
 
 @pytest.fixture(scope="session")
@@ -109,26 +132,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
     s3 = SeaweedS3(root / "s3")
     ray = RayCluster(root / "ray", str(ROOT / "src"))
+    postgres = PrivatePostgres()
     fronts: list[Front] = []
     try:
         s3.start()
+        database_url = postgres.start()
         ray.start(head_resources={"fake_gpu": 1}, worker_resources={"fake_gpu": 1})
         env = {**ray.env, **s3.env(), "AWS_CONFIG_FILE": "/nonexistent",
                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}  # fmt: skip
-        a = Front("a", cluster_config(root, ray.address, s3, "front-a"), env)
+        a = Front("a", cluster_config(root, ray.address, s3, database_url, "front-a"), env)
         fronts.append(a)
         a.wait_ready()
         before = sorted(replica_pids("echo", "echo"))
         # The same config from a second front: submitting it again must restart nothing.
-        b = Front("b", cluster_config(root, ray.address, s3, "front-b"), env)
+        b = Front("b", cluster_config(root, ray.address, s3, database_url, "front-b"), env)
         fronts.append(b)
         b.wait_ready()
-        yield Cluster(ray, s3, a, b, before)
+        yield Cluster(ray, s3, postgres, env, a, b, before, fronts)
     finally:
         for front in fronts:
             front.stop()
         ray.stop()
         ray.remove()
+        postgres.stop()
         s3.stop()
 
 

@@ -4,8 +4,8 @@ the ``echo`` and ``live_server`` fixtures are fronts of the test cluster.
 
 Included: every contract test that drives the API only through the SDK / HTTP (the ``echo``
 or ``live_server`` fixture and its own parameters). Left out, by rule: tests that build their
-own app with other engine options (``harness_factory``), that inspect the in-process engine
-(``recording``, ``.services``). ``EXCLUDED`` names the few that assume the in-process host name.
+own app (``harness_factory``: those run on Ray in ``test_harness_on_ray.py``), that inspect the
+in-process engine (``recording``, ``.services``). ``EXCLUDED`` names the few that assume the in-process host name.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import inspect
 import pytest
 
 from tests import test_contract_edits as contract
+from tests.cluster.reuse import fixtures_of, pick_tests
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -26,18 +27,12 @@ EXCLUDED = {
 _FRONT_FIXTURES = {"echo", "live_server"}
 
 
-def _runs_against_a_front(fn: object) -> bool:
-    params = set(inspect.signature(fn).parameters)  # type: ignore[arg-type]
-    marks = getattr(fn, "pytestmark", [])
-    given = {name.strip() for m in marks if m.name == "parametrize" for name in
-             (m.args[0].split(",") if isinstance(m.args[0], str) else m.args[0])}  # fmt: skip
-    fixtures = params - given
+def _runs_against_a_front(name: str, fn: object) -> bool:
+    fixtures = fixtures_of(fn)
     source = inspect.getsource(fn)  # type: ignore[arg-type]
-    return bool(fixtures) and fixtures <= _FRONT_FIXTURES and ".services" not in source
+    return (name not in EXCLUDED and bool(fixtures) and fixtures <= _FRONT_FIXTURES
+            and ".services" not in source)  # fmt: skip
 
 
-COVERED = sorted(
-    name for name, fn in vars(contract).items()
-    if name.startswith("test_") and callable(fn) and name not in EXCLUDED and _runs_against_a_front(fn)
-)  # fmt: skip
+COVERED = sorted(pick_tests(contract, _runs_against_a_front))
 globals().update({name: getattr(contract, name) for name in COVERED})
