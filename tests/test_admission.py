@@ -174,6 +174,14 @@ async def test_upload_bytes_across_requests_are_capped(
     assert h.services.workers["echo"].admitted == 0
 
 
+def test_a_queue_of_zero_is_refused_on_the_ray_backend(make_settings: Callable[..., Any]) -> None:
+    """Serve's ``max_queued_requests`` takes -1 or >= 1: 0 would fail at deploy time, so the
+    settings refuse it up front, saying what to do."""
+    with pytest.raises(ValueError, match="max_queued_requests must be -1"):
+        make_settings(queue={"max_queue": 0}, cluster={"backend": "ray"})
+    assert make_settings(queue={"max_queue": 1}, cluster={"backend": "ray"}).queue.max_queue == 1
+
+
 def test_the_budget_must_fit_one_maximal_request(make_settings: Callable[..., Any]) -> None:
     with pytest.raises(ValueError, match="max_buffered_bytes"):
         make_settings(queue={"max_buffered_bytes": 1000})

@@ -518,6 +518,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _queue_fits_ray_serve(self) -> Settings:
+        engines = [m.name for m in self.models if m.engine != "upstream"]
+        if self.cluster.backend == "ray" and self.queue.max_queue == 0 and engines:
+            raise ValueError(
+                "queue.max_queue = 0 cannot be served by the Ray backend: Ray Serve's "
+                "max_queued_requests must be -1 (no limit) or at least 1; set max_queue >= 1 "
+                "or use cluster.backend = \"local\""
+            )
+        return self
+
+    @model_validator(mode="after")
     def _default_exists(self) -> Settings:
         if self.default_model is not None and self.default_model not in {
             m.name for m in self.models
