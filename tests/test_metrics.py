@@ -16,10 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from retouch.accounting.gate import OpenGate, UsageRecord
-from retouch.config import Settings
+from retouch.config import ModelSettings, Settings
 from retouch.logs import JsonFormatter, RequestIdFilter
 from tests.conftest import Harness, echo_models
 from tests.test_contract_edits import PROMPT, RED, png_file
+from tests.waiting import async_wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +107,29 @@ async def test_deadline_is_counted_as_504(
         await first
     samples = await scrape(h)
     assert value(samples, "retouch_rejected_requests_total", model="echo", status="504") >= 1
+
+
+async def test_a_run_past_its_deadline_is_a_504_and_frees_the_model(
+    harness_factory: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> None:
+    """A job still running at the model's run deadline is cancelled at its next step: the
+    client gets 504 ``run_timeout``, the metric counts it, and the model takes the next job
+    (on the Ray backend the replica enforces the deadline; tests/cluster runs this there)."""
+    model = ModelSettings(name="echo", engine="echo", family="native", run_deadline_s=0.5,
+                          options={"delay_s": 5.0, "steps": 100})  # fmt: skip
+    h: Harness = await harness_factory(make_settings(models=[model]))
+    with pytest.raises(openai.APIStatusError) as err:
+        await h.sdk.images.edit(model="echo", image=png_file(RED), prompt=PROMPT)
+    assert err.value.status_code == 504
+    assert err.value.code == "run_timeout"
+    samples = await scrape(h)
+    assert value(samples, "retouch_rejected_requests_total", model="echo", status="504") >= 1
+
+    async def freed() -> bool:  # the engine stops at its next step (50 ms here)
+        ready = await h.http.get("/readyz")
+        return ready.status_code == 200 and ready.json()["models"]["echo"]["running"] == 0
+
+    await async_wait_until(freed, timeout=10)
 
 
 class FailingLedger(OpenGate):

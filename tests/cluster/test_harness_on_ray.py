@@ -4,7 +4,7 @@ collected here, where ``tests.apps`` builds apps through ``ray_apps.RayApps`` an
 database of each test is a fresh database on the cluster's PostgreSQL.
 
 Covered: idempotency, ledger and usage rows, client disconnects (499 and the engine cancelled
-at its next step on the replica), the queue deadline (504) and the contract tests that need
+at its next step on the replica), the queue and run deadlines (504) and the contract tests that need
 their own settings (streams of a failing engine, queue and body limits). A test that injects an
 engine other than a plain ``EchoEngine`` skips itself here (``RayApps.build`` says why);
 ``SKIPPED`` names the few that read state only the in-process backend has.
@@ -47,6 +47,9 @@ for _suite in SUITES:
     COVERED.update(pick_tests(_suite, _builds_its_own_app))
     globals().update({k: v for k, v in fixtures_defined_in(_suite).items() if k not in globals()})
 COVERED["test_deadline_is_counted_as_504"] = metrics.test_deadline_is_counted_as_504
+COVERED["test_a_run_past_its_deadline_is_a_504_and_frees_the_model"] = (
+    metrics.test_a_run_past_its_deadline_is_a_504_and_frees_the_model
+)
 
 
 def _skipping(name: str, reason: str) -> Any:
