@@ -12,8 +12,11 @@ Used by the segmenter (``segment``) and the optional learned fill (``learned_fil
   Without it every call maps its activations afresh from the kernel and pays a page fault
   per 4 KiB: for U²-Net-p at 320² (about 250 MB of activations) that was 185 ms of a 770 ms
   call on one core (``bench/matting.py``). With it the memory stays mapped after the first
-  call (the peak, measured by ``bench/matting.py``, is the same). Off for models whose
-  activations are too large to keep between calls (the optional learned fill).
+  call. With the arena, onnxruntime's memory pattern (one block for all activations, planned
+  on the first call) is off: the arena would keep both the first call's buffers and the
+  pattern's block (U²-Net-p: 514 MB retained after a few calls, against 263 MB without the
+  pattern, which is also the peak). Off for models whose activations are too large to keep
+  between calls (the optional learned fill).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def open_session(path: Path, *, what: str, arena: bool) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = not arena
     options.log_severity_level = 3
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
