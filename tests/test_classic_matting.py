@@ -17,7 +17,13 @@ import pytest
 from bench.composites import Composite, build
 
 from retouch.engine.classic import ClassicEngine, matting, segment
-from retouch.engine.classic.segment import BUNDLED, BUNDLED_SHA256, OnnxSegmenter
+from retouch.engine.classic.segment import (
+    BUNDLED,
+    BUNDLED_SHA256,
+    QUANTISED,
+    QUANTISED_SHA256,
+    OnnxSegmenter,
+)
 from retouch.engine.types import EditJob, EngineLoadError, Pixels
 from tests.classic_helpers import scene, subject_mask
 from tests.conftest import Harness
@@ -65,6 +71,19 @@ def composites() -> list[Composite]:
 def test_bundled_weights_are_the_published_file() -> None:
     assert segment.sha256(BUNDLED) == BUNDLED_SHA256
     assert (BUNDLED.parent / "PROVENANCE.md").read_text().count(BUNDLED_SHA256) == 1
+
+
+def test_the_default_is_the_quantised_file_and_both_files_load() -> None:
+    assert segment.sha256(QUANTISED) == QUANTISED_SHA256
+    assert (QUANTISED.parent / "PROVENANCE.md").read_text().count(QUANTISED_SHA256) == 1
+    default, published = segment.default_segmenter(), segment.segmenter(BUNDLED)
+    assert "float32" in published.name
+    assert "float32" not in default.name
+    image = build(320, count=1)[0].rgb
+    fp32, int8 = published.probability(image), default.probability(image)
+    # The 8-bit convolutions move probabilities a little, not the subject.
+    assert float(np.abs(fp32 - int8).mean()) < 0.02
+    assert ((fp32 > 0.5) == (int8 > 0.5)).mean() > 0.98
 
 
 @pytest.fixture(scope="module")

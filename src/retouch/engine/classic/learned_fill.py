@@ -12,7 +12,8 @@ honoured by scaling; a free one gets the crop's size rounded up to a multiple of
 
 The model sees a crop around the hole with as much context again on each side; its output is
 scaled back, made seamless with the same membrane correction as the classical fill, and only
-hole pixels are written. Deterministic: onnxruntime single-threaded, no random source.
+hole pixels are written. Deterministic: onnxruntime single-threaded, no random source (the
+session is opened by ``onnx_session``, as the segmenter's, without the memory arena).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy.typing as npt
 
 from retouch.engine.classic.arrays import u8
 from retouch.engine.classic.fill import _crop_box, _diffusion, _paste, _seamless
+from retouch.engine.classic.onnx_session import open_session
 from retouch.engine.types import EngineLoadError, Pixels
 
 BoolMask = npt.NDArray[np.bool_]
@@ -38,28 +40,9 @@ MAX_SIDE = 512
 
 class OnnxInpainter:
     def __init__(self, path: Path) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise EngineLoadError(
-                "classic option 'fill_model' needs onnxruntime: pip install onnxruntime"
-            ) from exc
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
-        # Denormal activations are flushed to zero: about 10 % faster on x86, same output.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise EngineLoadError(
-                f"classic option 'fill_model': onnxruntime cannot load {path}: {exc}"
-            ) from exc
+        self._session = open_session(
+            path, what="classic option 'fill_model': the fill model", arena=False
+        )
         inputs = self._session.get_inputs()
         if len(inputs) != 2 or any(len(i.shape) != 4 for i in inputs):
             raise EngineLoadError(

@@ -1,11 +1,16 @@
 """Which pixels are the subject: a learned salient-object model by default, GrabCut without it.
 
-The default is U²-Net-p (Qin et al., Pattern Recognition 2020), 4.6 MB of ONNX weights shipped
-in this package (``models/u2netp.onnx``; licence and provenance in ``models/PROVENANCE.md``),
-run by onnxruntime on the CPU. Any ONNX segmenter with the same interface (one 1x3xSxS image
-input normalised with ImageNet's mean and deviation, a first output 1x1xSxS of foreground
-probabilities) loads through the same code, e.g. the full U²-Net (176 MB), from a path set
-in the engine option ``matte_model`` (or a hub file fetched by ``retouch models pull``).
+The default is U²-Net-p (Qin et al., Pattern Recognition 2020), shipped in this package as the
+published ONNX export (``models/u2netp.onnx``, 4.6 MB, float32) and as the file the engine
+runs, ``models/u2netp-int8.onnx``: the same network with its seven largest convolutions (16 of
+its 19.8 GMAC) in 8-bit integers, built from the first by ``bench/quantize_u2netp.py`` —
+about a fifth less CPU time, the same matte quality on ``bench/matting.py``. Licence and
+provenance of both in ``models/PROVENANCE.md``; both are checked against their sha256 at
+load. It runs on the CPU by onnxruntime (``onnx_session``). Any ONNX segmenter with the same
+interface (one 1x3xSxS image input normalised with ImageNet's mean and deviation, a first
+output 1x1xSxS of foreground probabilities) loads through the same code, e.g. the float32
+file or the full U²-Net (176 MB), from a path set in the engine option ``matte_model`` (or a
+hub file fetched by ``retouch models pull``).
 
 Determinism: onnxruntime runs single-threaded, sequentially, with no random source, so the
 same image gives the same probabilities in every thread and process. One session is shared
@@ -28,6 +33,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from retouch.engine.classic.onnx_session import open_session
 from retouch.engine.types import EngineLoadError, Pixels
 
 log = logging.getLogger(__name__)
@@ -36,7 +42,16 @@ FloatImage = npt.NDArray[np.float32]
 
 MODELS = Path(__file__).parent / "models"
 BUNDLED = MODELS / "u2netp.onnx"
+"""The published float32 export (the source of ``QUANTISED``)."""
 BUNDLED_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
+QUANTISED = MODELS / "u2netp-int8.onnx"
+"""The default: ``BUNDLED`` with its largest convolutions in 8 bits (``bench/quantize_u2netp.py``)."""
+QUANTISED_SHA256 = "ca1ffe8f427300d80e6e9335caaa0fd9470769495ee29aecd2dfe76301fd8679"
+_CHECKED = {BUNDLED: BUNDLED_SHA256, QUANTISED: QUANTISED_SHA256}
+_LABELS = {
+    BUNDLED: "U²-Net-p (bundled, float32, onnxruntime)",
+    QUANTISED: "U²-Net-p (bundled, onnxruntime)",
+}
 DEFAULT_INPUT = 320
 """Input side for models whose ONNX input has no fixed size (U²-Net was trained at 320²)."""
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -66,32 +81,13 @@ class GrabCutSegmenter:
 
 
 class OnnxSegmenter:
-    """A salient-object ONNX model run by onnxruntime, one thread, deterministic."""
+    """A salient-object ONNX model run by onnxruntime, one thread, deterministic (the
+    session's options are ``onnx_session``'s)."""
 
     learned = True
 
     def __init__(self, path: Path, *, label: str | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # One thread and sequential execution: the same sums in the same order on every
-        # call, whatever thread or process runs it; the server parallelises across jobs.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Without the arena the activations (~250 MB at 320²) go back after each call.
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 3
-        # Denormal activations are flushed to zero: about 10 % faster on x86, same output.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:
-            raise EngineLoadError(
-                f"the segmentation model {path} could not be loaded by onnxruntime: {exc}"
-            ) from exc
+        self._session = open_session(path, what="the segmentation model", arena=True)
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         shape = list(inputs[0].shape) if inputs else []
         if len(inputs) != 1 or len(shape) != 4 or shape[1] not in (3, "3") or not outputs:
@@ -108,15 +104,21 @@ class OnnxSegmenter:
         self.name = label or f"{path.name} (onnxruntime)"
 
     def probability(self, rgb: Pixels) -> FloatImage:
-        small = cv2.resize(rgb[:, :, :3], self.size, interpolation=cv2.INTER_AREA)
-        x = small.astype(np.float32)
-        # As U²-Net's own test code: scale by the image's maximum, then ImageNet statistics.
-        x *= 1.0 / max(1.0, float(x.max()))
-        x = (x - _MEAN) / _STD
-        tensor = np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+        tensor = normalise(rgb, self.size)
         out: Any = self._session.run([self._output], {self._input: tensor})[0]
         prob = np.asarray(out, np.float32).reshape(out.shape[-2], out.shape[-1])
         return np.clip(prob, 0.0, 1.0)
+
+
+def normalise(rgb: Pixels, size: tuple[int, int]) -> FloatImage:
+    """The model's input: ``rgb`` scaled to ``size`` (W, H), as U²-Net's own test code (divided
+    by the image's maximum, then ImageNet's statistics), 1x3xHxW float32 contiguous."""
+    small = cv2.resize(np.ascontiguousarray(rgb[:, :, :3]), size, interpolation=cv2.INTER_AREA)
+    x = small.astype(np.float32)
+    x *= 1.0 / max(1.0, float(x.max()))
+    x -= _MEAN
+    x /= _STD
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
 
 
 def sha256(path: Path) -> str:
@@ -132,14 +134,15 @@ _lock = threading.Lock()
 
 @functools.lru_cache(maxsize=8)
 def _load(path: Path) -> Segmenter:
-    if path == BUNDLED:
+    expected = _CHECKED.get(path)
+    if expected is not None:
         digest = sha256(path)
-        if digest != BUNDLED_SHA256:
+        if digest != expected:
             raise EngineLoadError(
                 f"the bundled segmentation weights {path} are damaged (sha256 {digest}, "
-                f"expected {BUNDLED_SHA256}); reinstall retouch"
+                f"expected {expected}); reinstall retouch"
             )
-        return OnnxSegmenter(path, label="U²-Net-p (bundled, onnxruntime)")
+        return OnnxSegmenter(path, label=_LABELS[path])
     return OnnxSegmenter(path)
 
 
@@ -154,7 +157,7 @@ def onnxruntime_available() -> bool:
 def segmenter(model: Path | None = None, *, kind: str = "auto") -> Segmenter:
     """The segmenter for ``kind`` ("auto": the learned model when onnxruntime is installed,
     else GrabCut; "learned": the model or an error; "grabcut") and ``model`` (an ONNX file;
-    None = the bundled U²-Net-p). Loaded once per path and shared."""
+    None = the bundled U²-Net-p, ``QUANTISED``). Loaded once per path and shared."""
     if kind == "grabcut":
         return GrabCutSegmenter("the segmenter option")
     if not onnxruntime_available():
@@ -165,7 +168,7 @@ def segmenter(model: Path | None = None, *, kind: str = "auto") -> Segmenter:
             )
         log.warning("onnxruntime is not installed: background removal falls back to GrabCut")
         return GrabCutSegmenter("onnxruntime is not installed")
-    path = (model or BUNDLED).expanduser().resolve()
+    path = (model or QUANTISED).expanduser().resolve()
     if not path.is_file():
         raise EngineLoadError(f"the segmentation model {path} does not exist")
     with _lock:  # one load per path even when several engines start at once
