@@ -179,10 +179,12 @@ def test_slow_body_gets_408_and_the_connection_is_closed(guarded: LiveServer) ->
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "invalid_http_request"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: \xc2\xb2\r\n\r\n", 400, "invalid_http_request"),
         (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000, 431, "request_header_too_large"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431,
+         "request_header_too_large"),
         (b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "invalid_http_request"),
     ],
     ids=["garbage", "bad-request-line", "non-ascii-target", "bad-header", "two-lengths", "negative-length",
-         "superscript-length", "huge-head", "unknown-coding"],
+         "superscript-length", "huge-head", "huge-complete-head", "unknown-coding"],
 )  # fmt: skip
 def test_malformed_requests_are_answered_in_the_envelope(
     guarded: LiveServer, request_bytes: bytes, status: int, code: str
