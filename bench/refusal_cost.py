@@ -29,7 +29,7 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from retouch.imaging.encode import encode
-from saturation import free_port, photo
+from saturation import free_port, photo, wait_ready
 
 
 def main_thread_cpu(pid: int) -> tuple[float, float]:
@@ -62,12 +62,7 @@ def main() -> None:
     bodies = {"64x64 PNG": encode(photo(64), "png"), "1024x1024 PNG": encode(photo(), "png")}
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_ready(http)
         png = bodies["64x64 PNG"]
 
         def hold() -> None:

@@ -48,6 +48,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(http: httpx.Client, tries: int = 300) -> None:
+    """Until the server's ``/readyz`` answers 200 (it is still starting: refused connections)."""
+    for _ in range(tries):
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("the server did not become ready")
+
+
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -133,12 +144,7 @@ def main() -> None:
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
-            for _ in range(300):
-                try:
-                    if http.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            wait_ready(http)
             for _ in range(3):  # warm-up: imports, first decode/encode, tokenizer
                 http.post("/v1/images/edits", files={"image": ("in.png", png, "image/png")},
                           data={"model": "echo", "prompt": "warm"}).raise_for_status()  # fmt: skip
