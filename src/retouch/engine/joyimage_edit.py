@@ -21,6 +21,7 @@ empty negative prompt, as on the model card; ``complexity`` scales the CFG.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ JOY_DEFAULTS = FamilyDefaults(
     min_pixels=512 * 512,
     max_images=1,
 )
+_GLOBAL_RNG = threading.Lock()
+"""The pipeline samples the reference latents from torch's global generator, which the call
+seeds (forked): two JoyImage engines of one process must not do that at the same time."""
 MAX_SEQUENCE_LENGTH = 4096
 """The pipeline's default prompt length (tokens, image tokens included)."""
 
@@ -99,7 +103,7 @@ class JoyImageEditEngine(DiffusersEngine):
         # 3. Denoise (the pipeline picks its resolution bucket from height/width).
         seed = request_seed(job.seed, o.seed)
         devices = [self.device] if self.device.type == "cuda" else []
-        with tap.watching(pipe.transformer), torch.random.fork_rng(devices=devices):
+        with _GLOBAL_RNG, tap.watching(pipe.transformer), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the reference latents' unseeded sample
             result = pipe(
                 prompt=job.prompt,
