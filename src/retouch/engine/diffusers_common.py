@@ -502,6 +502,14 @@ class DiffusersEngine:
     def _release_pipelines(self) -> None:
         raise NotImplementedError
 
+    def _load_one(self, loader: Any, folder: Path, **components: Any) -> Any:
+        """One pipeline class from ``folder`` with the ``components`` the family builds itself
+        (an image-only processor, say), placed on the device and accelerated as configured."""
+        pipe = loader.from_pretrained(folder, dtype=self.dtype, local_files_only=True, **components)
+        place(pipe, self.model, self.device)
+        accelerate(pipe.transformer, self.options, self.model.name)
+        return pipe
+
     def _generate(self, job: EditJob, progress: Progress) -> EditOutput:
         raise NotImplementedError
 

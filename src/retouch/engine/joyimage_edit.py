@@ -30,11 +30,9 @@ import torch
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
     FamilyDefaults,
-    accelerate,
     cpu_generators,
     image_only_processor,
     pil_rgb,
-    place,
     request_seed,
     to_pixels,
 )
@@ -69,13 +67,8 @@ class JoyImageEditEngine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import JoyImageEditPipeline
 
-        loader: Any = JoyImageEditPipeline
-        self.pipe = loader.from_pretrained(
-            folder, processor=image_only_processor(folder, "qwen3-vl"), dtype=self.dtype,
-            local_files_only=True,
-        )  # fmt: skip
-        place(self.pipe, self.model, self.device)
-        accelerate(self.pipe.transformer, self.options, self.model.name)
+        processor = image_only_processor(folder, "qwen3-vl")
+        self.pipe = self._load_one(JoyImageEditPipeline, folder, processor=processor)
 
     def _release_pipelines(self) -> None:
         self.pipe = None

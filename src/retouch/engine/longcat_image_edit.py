@@ -25,11 +25,9 @@ from typing import Any
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
     FamilyDefaults,
-    accelerate,
     cpu_generators,
     image_only_processor,
     pil_rgb,
-    place,
     request_seed,
     to_pixels,
 )
@@ -68,13 +66,8 @@ class LongCatImageEditEngine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import LongCatImageEditPipeline
 
-        loader: Any = LongCatImageEditPipeline
         processor = image_only_processor(folder, "qwen2-vl", subfolder="text_processor")
-        self.pipe = loader.from_pretrained(
-            folder, text_processor=processor, dtype=self.dtype, local_files_only=True
-        )
-        place(self.pipe, self.model, self.device)
-        accelerate(self.pipe.transformer, self.options, self.model.name)
+        self.pipe = self._load_one(LongCatImageEditPipeline, folder, text_processor=processor)
 
     def _release_pipelines(self) -> None:
         self.pipe = None

@@ -36,11 +36,9 @@ from PIL import Image
 from retouch.engine.diffusers_common import (
     DiffusersEngine,
     FamilyDefaults,
-    accelerate,
     composite,
     cpu_generators,
     image_only_processor,
-    place,
     request_seed,
     to_pixels,
 )
@@ -85,13 +83,8 @@ class QwenImage21Engine(DiffusersEngine):
     def _load_pipelines(self, folder: Path) -> None:
         from diffusers import QwenImage21Pipeline
 
-        loader: Any = QwenImage21Pipeline
-        self.pipe = loader.from_pretrained(
-            folder, processor=image_only_processor(folder, "qwen3-vl"), dtype=self.dtype,
-            local_files_only=True,
-        )  # fmt: skip
-        place(self.pipe, self.model, self.device)
-        accelerate(self.pipe.transformer, self.options, self.model.name)
+        processor = image_only_processor(folder, "qwen3-vl")
+        self.pipe = self._load_one(QwenImage21Pipeline, folder, processor=processor)
 
     def _release_pipelines(self) -> None:
         self.pipe = None
