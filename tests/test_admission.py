@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,9 +15,12 @@ import openai
 import orjson
 import pytest
 
+from retouch.engine.echo import EchoEngine
 from retouch.service import jobs
 from tests.conftest import Harness, echo_models, encode_image, gradient
-from tests.waiting import async_wait_until
+from tests.live import LiveServer
+from tests.test_hostile_http import assert_envelope, connect, read_until_closed
+from tests.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -231,30 +235,22 @@ async def test_a_wedged_engine_answers_504_and_marks_the_model_not_ready(
 def test_an_early_429_reaches_the_sdk_over_a_real_socket(make_settings: Callable[..., Any]) -> None:
     """A refused multi-MB upload gets its 429 (not a reset connection), and the client goes
     on (on a new connection: the refused one is closed after its body)."""
-    import threading as th
-
     import httpx as httpx1
-
-    from retouch.engine.echo import EchoEngine
-    from tests.live import LiveServer
 
     engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
     settings = make_settings(models=echo_models(), queue={"max_queue": 0})
     big = SRC + bytes(4_000_000)  # several socket buffers' worth still unsent at the refusal
     with LiveServer(settings, engines={"echo": engine}) as server, server.sdk() as client:
-        first = th.Thread(target=lambda: client.images.edit(
+        first = threading.Thread(target=lambda: client.images.edit(
             model="echo", image=("a.png", SRC, "image/png"), prompt="x"
         ))  # fmt: skip
         first.start()
-        worker = server.services.workers["echo"]
-        deadline = time.monotonic() + 10
-        while worker.running == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: server.services.workers["echo"].running == 1, timeout=10)
         for _ in range(3):
             with pytest.raises(openai.RateLimitError) as info:
                 client.images.edit(model="echo", image=("a.png", big, "image/png"), prompt="x")
             assert info.value.code == "queue_full"
-        with httpx1.Client(base_url=server.url) as http:  # one connection, reused after a 429
+        with httpx1.Client(base_url=server.url) as http:  # the refused connection closes; a new one
             refused = http.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
                                 files={"image": ("a.png", big, "image/png")})  # fmt: skip
             assert refused.status_code == 429
@@ -274,9 +270,6 @@ _REST = bytes(3_000_000) + b"\r\n--b--\r\n"
 
 def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, Any]:
     """A live server whose one slot is held by a 3 s edit (queue of 0)."""
-    from retouch.engine.echo import EchoEngine
-    from tests.live import LiveServer
-
     engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
     settings = make_settings(models=echo_models(), queue={"max_queue": 0}, server=server)
     live = LiveServer(settings, engines={"echo": engine})
@@ -286,19 +279,18 @@ def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, 
         model="echo", image=("a.png", SRC, "image/png"), prompt="x"
     ))  # fmt: skip
     first.start()
-    from tests.waiting import wait_until
-
-    wait_until(lambda: live.services.workers["echo"].running == 1, timeout=10)
+    try:
+        wait_until(lambda: live.services.workers["echo"].running == 1, timeout=10)
+    except BaseException:
+        first.join()
+        live.stop()
+        raise
     return live, first
 
 
 def _refused_upload(live: Any) -> tuple[Any, bytes]:
     """Send the head and the model field of a 3 MB upload, nothing more; return the socket and
     everything the server sent until its FIN."""
-    import socket
-
-    from tests.test_hostile_http import connect, read_until_closed
-
     sock: socket.socket = connect(live)
     length = len(_PART_HEAD) + len(_REST)
     sock.sendall(
@@ -316,8 +308,6 @@ def test_an_early_429_goes_out_before_the_body_and_the_rest_is_discarded(
     unsent; it says ``connection: close`` and the server half-closes. The rest of the body is
     then read and dropped (sending it does not hit a reset), and the server closes once the
     client is done: the lingering close of ``api.server``."""
-    from tests.test_hostile_http import assert_envelope
-
     live, first = _slot_taken(make_settings)
     try:
         connections = live.server.server_state.connections
@@ -328,9 +318,7 @@ def test_an_early_429_goes_out_before_the_body_and_the_rest_is_discarded(
         assert "retry-after" in headers
         assert len(connections) == baseline + 1  # lingering: open, reading
         sock.sendall(_REST)  # read and dropped by the server: no EPIPE / ECONNRESET
-        sock.shutdown(1)  # SHUT_WR: the client is done
-        from tests.waiting import wait_until
-
+        sock.shutdown(socket.SHUT_WR)  # the client is done
         wait_until(lambda: len(connections) == baseline, timeout=10)
         sock.close()
         with live.http() as http:
@@ -353,8 +341,6 @@ def test_a_lingering_connection_that_goes_silent_is_closed(
         sock, _ = _refused_upload(live)
         sock.sendall(_REST[:100_000])  # some of the rest, then silence
         assert len(connections) == baseline + 1
-        from tests.waiting import wait_until
-
         wait_until(lambda: len(connections) == baseline, timeout=10)
         sock.close()
     finally:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from retouch.config import Settings
-from tests.conftest import encode_image, gradient, mask_bytes
+from retouch.engine.echo import EchoEngine
+from tests.conftest import echo_models, encode_image, gradient, mask_bytes
 from tests.live import LiveServer
+from tests.waiting import wait_until
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 pytestmark = pytest.mark.live
@@ -61,12 +64,6 @@ def test_node_sdk_reads_an_early_429_on_a_large_upload(make_settings: Callable[.
     """The server answers 429 at the model field while the Node SDK is still sending a 4 MB
     upload (then discards the rest: lingering close); the SDK reports a RateLimitError, not a
     connection error, every time."""
-    import threading
-
-    from retouch.engine.echo import EchoEngine
-    from tests.conftest import echo_models
-    from tests.waiting import wait_until
-
     engine = EchoEngine("echo", {"delay_s": 8.0, "steps": 80})
     settings = make_settings(models=echo_models(), queue={"max_queue": 0})
     with LiveServer(settings, engines={"echo": engine}) as server:

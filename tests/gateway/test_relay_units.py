@@ -126,3 +126,40 @@ async def test_a_generation_is_relayed_as_typed_json() -> None:
         }
     finally:
         await backend.close()
+
+
+async def test_a_relay_cancelled_as_its_slot_is_granted_gives_the_slot_back() -> None:
+    """The relay's upstream slots are waited for through ``BoundedQueue._take_slot``, as the
+    local workers' are: a client that leaves in the loop iteration its slot frees up does not
+    keep it or reach the upstream, and the next request gets the slot."""
+    import asyncio
+    import time
+
+    from retouch.config import UpstreamSettings
+    from retouch.scheduler.upstream import UpstreamBackend
+
+    backend = UpstreamBackend(
+        "g", UpstreamSettings(base_url="http://127.0.0.1:9/v1", concurrency=1), max_queue=1
+    )
+    entered: list[str] = []
+
+    async def relay(name: str) -> None:
+        async with backend.slot(time.monotonic() + 30):
+            entered.append(name)
+
+    try:
+        await backend._slots.acquire()  # someone else holds the only slot
+        waiting = asyncio.ensure_future(relay("left"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        backend._slots.release()  # the slot frees up ...
+        waiting.cancel()  # ... and the client leaves in the same loop iteration
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert entered == []
+        assert backend.running == 0
+        await asyncio.wait_for(relay("next"), timeout=5)  # the slot was not lost
+        assert entered == ["next"]
+    finally:
+        await backend.close()

@@ -143,7 +143,7 @@ class GuardedH11Protocol(H11Protocol):
 
     guards: ClassVar[ServerSettings] = ServerSettings()
     max_connections: ClassVar[int] = _AUTO_MAX_CONNECTIONS
-    _waiting: ClassVar[weakref.WeakKeyDictionary[ServerState, dict[GuardedH11Protocol, None]]]
+    _droppable_by_server: ClassVar[weakref.WeakKeyDictionary[ServerState, dict[GuardedH11Protocol, None]]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -151,6 +151,8 @@ class GuardedH11Protocol(H11Protocol):
         self.conn = self._h11
         self._head_timer: asyncio.TimerHandle | None = None
         self._raw: asyncio.Transport | None = None
+        self._head_bytes = 0
+        """Bytes received while waiting for the current request head."""
         self._lost = False
         self.lingering = False
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -159,19 +161,20 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- connections that may be dropped to make room (oldest first): those still sending a
     # -- request head, and those lingering after their answer -------------------------------
-    def _waiting_heads(self) -> dict[GuardedH11Protocol, None]:
-        return type(self)._waiting.setdefault(self.server_state, {})
+    def _droppable(self) -> dict[GuardedH11Protocol, None]:
+        return type(self)._droppable_by_server.setdefault(self.server_state, {})
 
     def _await_head(self) -> None:
         self._cancel_head_timer()
         self._head_timer = self.loop.call_later(self.guards.header_timeout_s, self._head_timed_out)
-        self._waiting_heads()[self] = None
+        self._droppable()[self] = None
+        self._head_bytes = 0
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self._waiting_heads().pop(self, None)
+        self._droppable().pop(self, None)
 
     def _refuse(self, exc: RetouchError) -> None:
         self._cancel_head_timer()
@@ -200,7 +203,7 @@ class GuardedH11Protocol(H11Protocol):
         self._last_read = now = self.loop.time()
         self._linger_until = now + self.guards.linger_s
         self._linger_timer = self.loop.call_later(self.guards.linger_idle_s, self._linger_check)
-        self._waiting_heads()[self] = None
+        self._droppable()[self] = None
         return True
 
     def _linger_check(self) -> None:
@@ -215,7 +218,7 @@ class GuardedH11Protocol(H11Protocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
-        self._waiting_heads().pop(self, None)
+        self._droppable().pop(self, None)
         if self._raw is not None:
             self._raw.close()
 
@@ -246,7 +249,7 @@ class GuardedH11Protocol(H11Protocol):
     def _make_room(self) -> bool:
         """Drop the oldest connection still sending its request head or lingering after its
         answer; False if there is none (every open connection is busy with a request)."""
-        waiting = self._waiting_heads()
+        waiting = self._droppable()
         oldest = next(iter(waiting), None)
         if oldest is None:
             return False
@@ -274,19 +277,22 @@ class GuardedH11Protocol(H11Protocol):
             self._last_read = self.loop.time()
             return
         if self.conn.their_state is h11.IDLE and self._head_too_large(data):
-            self._refuse(
-                HeadTooLarge(
-                    f"The request head is larger than the {self.guards.max_head_bytes:,} "
-                    "bytes allowed."
-                )
-            )
+            self._refuse(self._head_too_large_error())
             return
         super().data_received(data)
 
+    def _head_too_large_error(self) -> HeadTooLarge:
+        limit = self.guards.max_head_bytes
+        return HeadTooLarge(f"The request head is larger than the {limit:,} bytes allowed.")
+
     def _head_too_large(self, data: bytes) -> bool:
         """h11 limits only a head still incomplete (``max_incomplete_event_size``): a larger
-        head that arrives whole in one read would pass. Measured here, while no request is
-        open, on what h11 holds unparsed plus the new bytes."""
+        head that arrives whole in one read would pass. Counted here while no request is open;
+        only once more than ``max_head_bytes`` have come is h11's unparsed buffer searched for
+        the head's end (the head may be complete, followed by its body)."""
+        self._head_bytes += len(data)
+        if self._head_bytes <= self.guards.max_head_bytes:
+            return False
         pending = self.conn.trailing_data[0]
         received = pending + data if pending else data
         end = received.find(b"\r\n\r\n", 0, self.guards.max_head_bytes + 4)
@@ -305,9 +311,7 @@ class GuardedH11Protocol(H11Protocol):
         detail = str(error) if error is not None and str(error) else "malformed request"
         refusal: RetouchError
         if hint == 431:
-            refusal = HeadTooLarge(
-                f"The request head is larger than the {self.guards.max_head_bytes:,} bytes allowed."
-            )
+            refusal = self._head_too_large_error()
         else:
             refusal = BadHttpRequest(f"Invalid HTTP request: {detail}.")
             refusal.status = hint if hint in _REASONS else 400
@@ -331,7 +335,7 @@ class GuardedH11Protocol(H11Protocol):
         super().shutdown()
 
 
-GuardedH11Protocol._waiting = weakref.WeakKeyDictionary()
+GuardedH11Protocol._droppable_by_server = weakref.WeakKeyDictionary()
 
 
 def raise_open_files_limit() -> int:

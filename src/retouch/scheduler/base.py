@@ -27,13 +27,14 @@ silently losing capacity.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
 from retouch.engine.types import EditJob, EditOutput, EngineInfo, Pixels
-from retouch.errors import QueueFull, retry_after_headers
+from retouch.errors import QueueFull, QueueTimeout, retry_after_headers
 
 PartialSink = Callable[[Pixels, int], None]
 """Receives ``(image, output_index)`` on the event loop, in the order the engine published."""
@@ -162,7 +163,29 @@ class BoundedQueue:
         self.workers = workers
         self.capacity = workers + max_queue
         self.admitted = 0
+        self.running = 0
+        self._slots = asyncio.Semaphore(workers)
         self._mean_run_s = 1.0
+
+    async def _take_slot(self, deadline: float, reaching: str) -> None:
+        """One of the ``workers`` slots, waited for until ``deadline`` (then 504). A caller
+        cancelled as the slot is granted gives it back at once: ``asyncio.timeout`` would
+        otherwise let the job start for a client that has left. The caller releases the slot
+        (``self._slots.release()``) when its job ends."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise QueueTimeout("The request waited too long in the queue.")
+        try:
+            async with asyncio.timeout(remaining):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise QueueTimeout(
+                f"The request waited {remaining:.0f} s in the queue without reaching {reaching}."
+            ) from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            self._slots.release()
+            raise asyncio.CancelledError()
 
     @property
     def saturated(self) -> bool:

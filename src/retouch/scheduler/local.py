@@ -30,7 +30,6 @@ from retouch.engine.types import EditJob, EditOutput, Engine, Pixels
 from retouch.errors import (
     Cancelled,
     EngineFailed,
-    QueueTimeout,
     RetouchError,
     RunTimeout,
 )
@@ -65,8 +64,6 @@ class LocalBackend(BoundedQueue):
         self._init_queue(workers, max_queue)
         self.run_deadline_s = run_deadline_s
         self.cancel_grace_s = cancel_grace_s
-        self.running = 0
-        self._slots = asyncio.Semaphore(workers)
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"engine-{engine.info.name}")
         self._jobs: dict[Future[EditOutput], JobProgress] = {}
         self._stuck: set[Future[EditOutput]] = set()
@@ -107,28 +104,11 @@ class LocalBackend(BoundedQueue):
         if on_start is not None:
             on_start(None)
         try:
-            await self._acquire(deadline)
+            await self._take_slot(deadline, "the model")  # a caller cancelled meanwhile: no run
         finally:
             if self.observer is not None:
                 self.observer.queue_waited(self.info.name, time.monotonic() - ticket.admitted_at)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # The caller was cancelled as the slot was granted: do not start the engine.
-            self._slots.release()
-            raise asyncio.CancelledError()
         return await self._execute(job, on_partial)
-
-    async def _acquire(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QueueTimeout("The request waited too long in the queue.")
-        try:
-            async with asyncio.timeout(remaining):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise QueueTimeout(
-                f"The request waited {remaining:.0f} s in the queue without reaching the model."
-            ) from None
 
     async def _execute(self, job: EditJob, on_partial: PartialSink | None) -> EditOutput:
         loop = asyncio.get_running_loop()

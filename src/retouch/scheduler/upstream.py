@@ -14,14 +14,12 @@ them again, which a relay exists to avoid.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 
 from retouch.config import UpstreamSettings
 from retouch.engine.types import EditJob, EditOutput, EngineInfo
-from retouch.errors import QueueTimeout
 from retouch.scheduler.base import BackendStats, BoundedQueue, PartialSink, StartSink, Ticket
 from retouch.upstream.client import UpstreamClient
 
@@ -44,8 +42,6 @@ class UpstreamBackend(BoundedQueue):
             text_to_image="relayed to the upstream's /images/generations",
         )
         self._init_queue(settings.concurrency, max_queue)
-        self.running = 0
-        self._slots = asyncio.Semaphore(settings.concurrency)
         self._closed = False
 
     # -- admission ------------------------------------------------------------------------------
@@ -67,16 +63,7 @@ class UpstreamBackend(BoundedQueue):
     @contextlib.asynccontextmanager
     async def slot(self, deadline: float) -> AsyncIterator[None]:
         """Hold one of the ``concurrency`` upstream slots, waited for until ``deadline``."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise QueueTimeout("The request waited too long in the queue.")
-        try:
-            async with asyncio.timeout(remaining):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise QueueTimeout(
-                f"The request waited {remaining:.0f} s in the queue without reaching the upstream."
-            ) from None
+        await self._take_slot(deadline, "the upstream")
         started = time.monotonic()
         self.running += 1
         try:
