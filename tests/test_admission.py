@@ -19,7 +19,13 @@ from retouch.engine.echo import EchoEngine
 from retouch.service import jobs
 from tests.conftest import Harness, echo_models, encode_image, gradient
 from tests.live import LiveServer
-from tests.test_hostile_http import assert_envelope, connect, read_until_closed
+from tests.test_hostile_http import (
+    assert_envelope,
+    connect,
+    parse,
+    read_response,
+    read_until_closed,
+)
 from tests.waiting import async_wait_until, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -288,60 +294,150 @@ def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, 
     return live, first
 
 
-def _refused_upload(live: Any) -> tuple[Any, bytes]:
+def _refused_upload(live: Any, *, chunked: bool = False) -> tuple[Any, bytes]:
     """Send the head and the model field of a 3 MB upload, nothing more; return the socket and
-    everything the server sent until its FIN."""
+    the answer. ``chunked``: no ``Content-Length`` (the body's length is unknown): then the
+    server closes after its answer, and this reads until its FIN."""
     sock: socket.socket = connect(live)
+    if chunked:
+        sock.sendall(
+            b"POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            b"%x\r\n%s\r\n" % (len(_PART_HEAD), _PART_HEAD)
+        )
+        return sock, read_until_closed(sock)  # the answer, then EOF: the body is mostly unsent
     length = len(_PART_HEAD) + len(_REST)
     sock.sendall(
         b"POST /v1/images/edits HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" % length + _PART_HEAD
     )
-    return sock, read_until_closed(sock)  # the answer, then EOF: the body is mostly unsent
+    return sock, read_response(sock)  # the answer, while the body is mostly unsent
+
+
+def _queue_is_empty(live: Any) -> None:
+    with live.http() as http:
+        assert http.get("/readyz").json()["models"]["echo"]["waiting"] == 0
 
 
 @pytest.mark.live
-def test_an_early_429_goes_out_before_the_body_and_the_rest_is_discarded(
+def test_an_early_429_keeps_the_connection_and_the_rest_of_the_body_is_skipped(
     make_settings: Callable[..., Any],
 ) -> None:
     """The 429 is sent once the model field is read, while 3 MB of the body are still
-    unsent; it says ``connection: close`` and the server half-closes. The rest of the body is
-    then read and dropped (sending it does not hit a reset), and the server closes once the
-    client is done: the lingering close of ``api.server``."""
+    unsent. The body's length is known, so the connection stays: the rest is read and
+    dropped, unparsed (sending it does not hit a reset; it is not a next request), and the
+    request sent right behind it in the same write is answered on the same connection."""
     live, first = _slot_taken(make_settings)
     try:
-        connections = live.server.server_state.connections
-        baseline = len(connections)
         sock, answer = _refused_upload(live)
         headers = assert_envelope(answer, 429, "queue_full")
-        assert headers["connection"] == "close"
         assert "retry-after" in headers
-        assert len(connections) == baseline + 1  # lingering: open, reading
-        sock.sendall(_REST)  # read and dropped by the server: no EPIPE / ECONNRESET
-        sock.shutdown(socket.SHUT_WR)  # the client is done
-        wait_until(lambda: len(connections) == baseline, timeout=10)
+        assert headers.get("connection") != "close"
+        # the rest of the body (with bytes that would parse as a request) and, in the same
+        # write, the next request
+        fake = b"GET /x HTTP/1.1\r\n\r\n"
+        rest = _REST[:1000] + fake + _REST[1000 + len(fake) :]
+        sock.sendall(rest + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body = parse(read_response(sock))
+        assert (status, body) == (200, {"status": "ok"})
         sock.close()
-        with live.http() as http:
-            assert http.get("/readyz").json()["models"]["echo"]["waiting"] == 0
+        _queue_is_empty(live)
     finally:
         first.join()
         live.stop()
 
 
 @pytest.mark.live
-def test_a_lingering_connection_that_goes_silent_is_closed(
+def test_the_refused_sdk_retries_on_the_same_connection(make_settings: Callable[..., Any]) -> None:
+    """httpx (the OpenAI SDK's transport) sends its whole upload, reads the 429 and puts the
+    connection back in its pool; the next request reuses it."""
+    import httpx as httpx1
+
+    live, first = _slot_taken(make_settings)
+    try:
+        connections = live.server.server_state.connections
+        baseline = len(connections)
+        with httpx1.Client(base_url=live.url) as http:
+            for _ in range(3):
+                refused = http.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
+                                    files={"image": ("a.png", _REST, "image/png")})  # fmt: skip
+                assert refused.status_code == 429
+            assert http.get("/healthz").status_code == 200
+            assert len(connections) == baseline + 1  # one connection served all four
+        _queue_is_empty(live)
+    finally:
+        first.join()
+        live.stop()
+
+
+@pytest.mark.live
+def test_an_early_429_on_a_body_of_unknown_length_lingers_then_closes(
     make_settings: Callable[..., Any],
 ) -> None:
+    """Chunked: the body's end cannot be found without parsing it, so the 429 says
+    ``connection: close`` and the server half-closes. The rest is then read and dropped
+    (sending it does not hit a reset), and the server closes once the client is done: the
+    lingering close of ``api.server``."""
+    live, first = _slot_taken(make_settings)
+    try:
+        connections = live.server.server_state.connections
+        baseline = len(connections)
+        sock, answer = _refused_upload(live, chunked=True)
+        headers = assert_envelope(answer, 429, "queue_full")
+        assert headers["connection"] == "close"
+        assert len(connections) == baseline + 1  # lingering: open, reading
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(_REST), _REST))  # dropped: no EPIPE / reset
+        sock.shutdown(socket.SHUT_WR)  # the client is done
+        wait_until(lambda: len(connections) == baseline, timeout=10)
+        sock.close()
+        _queue_is_empty(live)
+    finally:
+        first.join()
+        live.stop()
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_connection_that_goes_silent_after_an_early_429_is_closed(
+    make_settings: Callable[..., Any], chunked: bool
+) -> None:
     """After an early 429, a client that stops sending its body is closed after
-    ``linger_idle_s``, not held open."""
+    ``linger_idle_s``, not held open, whether its connection would be kept or not."""
     live, first = _slot_taken(make_settings, linger_idle_s=0.5, linger_s=30)
     try:
         connections = live.server.server_state.connections
         baseline = len(connections)
-        sock, _ = _refused_upload(live)
-        sock.sendall(_REST[:100_000])  # some of the rest, then silence
+        sock, _ = _refused_upload(live, chunked=chunked)
+        sock.sendall((b"%x\r\n" % len(_REST) if chunked else b"") + _REST[:100_000])  # then silence
         assert len(connections) == baseline + 1
         wait_until(lambda: len(connections) == baseline, timeout=10)
+        sock.close()
+    finally:
+        first.join()
+        live.stop()
+
+
+@pytest.mark.live
+def test_a_trickled_body_after_an_early_429_is_cut_at_linger_s(
+    make_settings: Callable[..., Any],
+) -> None:
+    """A client that keeps sending its refused body slowly, never going silent, is closed
+    after ``linger_s`` all the same."""
+    live, first = _slot_taken(make_settings, linger_idle_s=60, linger_s=1.0)
+    try:
+        connections = live.server.server_state.connections
+        baseline = len(connections)
+        sock, _ = _refused_upload(live)
+
+        def trickled_until_closed() -> bool:
+            try:
+                sock.sendall(b"\0" * 1000)
+            except OSError:
+                return True
+            return len(connections) == baseline
+
+        # never silent for linger_idle_s (60 s): only linger_s can end it within the wait
+        wait_until(trickled_until_closed, timeout=20, interval=0.05)
         sock.close()
     finally:
         first.join()

@@ -72,6 +72,37 @@ def read_until_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
+class ResponseReader:
+    """Responses one at a time from a connection that stays open (several may come in one
+    read: pipelined requests)."""
+
+    def __init__(self, sock: socket.socket, timeout: float = 10.0) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.buffer = b""
+
+    def next(self) -> bytes:
+        self.sock.settimeout(self.timeout)
+        while True:
+            head, sep, body = self.buffer.partition(b"\r\n\r\n")
+            if sep:
+                _, headers, _ = parse(head + sep)
+                length = int(headers.get("content-length", "0"))
+                if len(body) >= length:
+                    one = head + sep + body[:length]
+                    self.buffer = body[length:]
+                    return one
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed by the server after {self.buffer[:200]!r}")
+            self.buffer += chunk
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """One response (head and its ``content-length`` body), leaving the connection open."""
+    return ResponseReader(sock, timeout).next()
+
+
 def parse(raw: bytes) -> tuple[int, dict[str, str], Any]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")

@@ -109,6 +109,11 @@ class QueueSettings(_Group):
     imaging_threads: int = Field(
         0, ge=0, description="Threads for decode/encode; 0 = number of CPUs."
     )
+    imaging_nice: int = Field(
+        5, ge=0, le=19,
+        description="How many nice levels below the event loop the decode/encode threads run "
+        "(Linux): when they share a CPU, the loop answering requests goes first. 0 = same.",
+    )  # fmt: skip
     run_deadline_s: float = Field(
         600.0,
         gt=0,

@@ -31,6 +31,18 @@ _INTERNAL = orjson.dumps(
 )
 
 
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+STANDARD_HEADERS = [
+    (b"openai-version", b"2020-10-01"),
+    (b"access-control-expose-headers", b"X-Request-ID"),
+    (b"x-content-type-options", b"nosniff"),
+]
+"""OpenAI's standard headers, on every response (with ``x-request-id`` and the time taken)."""
+
+
 class RequestContext:
     def __init__(
         self,
@@ -48,7 +60,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         started = time.perf_counter()
@@ -75,9 +87,7 @@ class RequestContext:
                 headers += [
                     (b"x-request-id", request_id.encode()),
                     (b"openai-processing-ms", str(elapsed).encode()),
-                    (b"openai-version", b"2020-10-01"),
-                    (b"access-control-expose-headers", b"X-Request-ID"),
-                    (b"x-content-type-options", b"nosniff"),
+                    *STANDARD_HEADERS,
                 ]
                 message = {**message, "headers": headers}
             await send(message)

@@ -11,15 +11,24 @@ client that never finishes its request head can be seen at all:
   timer while a request head trickles in, so a slow-loris client holds a connection forever.
   Here a connection must deliver a complete request head within ``header_timeout_s`` of
   opening (or of its previous response ending); otherwise it gets a 408 and is closed.
-* **Lingering close after an unread body.** The app may answer before the request body is
+* **An unread body after an early answer.** The app may answer before the request body is
   in: a 429 as soon as the ``model`` field is read (so a refusal costs no upload parsing),
   413 on ``Content-Length``, the 408 receipt deadline. uvicorn then keeps the connection and
   feeds every further body byte through h11, so a trickling client holds it forever; closing
   at once instead makes the kernel answer the bytes still arriving with a reset, and a client
   still writing its upload (every HTTP/1.1 client library) loses the answer it was sent.
-  Here the answer says ``connection: close``, the server half-closes (FIN after the answer)
-  and reads and discards the rest, unparsed, until the client closes, falls silent for
-  ``linger_idle_s`` or ``linger_s`` has passed: the lingering close of Apache and nginx.
+  Here the rest of the body is dropped in the kernel, uncopied and unparsed
+  (``api.drain``), for at most ``linger_s``, and closed when the client falls silent for
+  ``linger_idle_s``. When its length is known (``Content-Length``, at most 64 MiB) and the
+  answer is not a 408 or 413, the connection then serves the client's next request: a refused
+  client retries without a new connection, as nginx does after discarding a body. Otherwise
+  the answer says ``connection: close``, the server half-closes (FIN after the answer) and
+  drops what comes until the client closes: the lingering close of Apache and nginx.
+* **Liveness ahead of queued work.** ``GET /healthz`` is answered in the protocol as its
+  bytes are read (the same body and standard headers as the app's route; no access-log line
+  or request metrics), like a proxy's monitor URI. Through the app, a probe would be a task
+  queued behind every request the same read brought in: under a storm of refused retries,
+  tens of them. ``/readyz`` stays in the app: readiness is about the engines.
 * **Connection cap.** ``limit_concurrency`` is checked only when a request head is complete,
   so half-sent heads exhaust file descriptors first and then nothing (``/healthz`` included)
   is accepted. Here, at ``max_connections``, the oldest connection still sending its head is
@@ -35,8 +44,8 @@ import asyncio
 import contextlib
 import logging
 import resource
-import uuid
 import weakref
+from collections.abc import Iterable
 from typing import Any, ClassVar, cast
 
 import h11
@@ -44,7 +53,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from retouch.api.drain import BodyDrain
 from retouch.api.errors import error_bytes
+from retouch.api.middleware import STANDARD_HEADERS, new_request_id
 from retouch.config import ServerSettings, Settings
 from retouch.errors import RetouchError, ServiceUnavailable
 
@@ -88,7 +99,7 @@ def _raw_response(exc: RetouchError) -> bytes:
         b"content-type: application/json",
         b"content-length: %d" % len(body),
         b"connection: close",
-        b"x-request-id: req_" + uuid.uuid4().hex.encode(),
+        b"x-request-id: " + new_request_id().encode(),
         b"x-content-type-options: nosniff",
         *(f"{k}: {v}".encode("latin-1") for k, v in exc.headers.items()),
     ]
@@ -96,25 +107,64 @@ def _raw_response(exc: RetouchError) -> bytes:
     return b"HTTP/1.1 %d %s\r\n%s\r\n\r\n%s" % (exc.status, reason, b"\r\n".join(headers), body)
 
 
+_SKIP_MAX_BYTES = 64 * 1024 * 1024
+"""Most unread body skipped to keep a connection after an early answer; a longer rest (the
+body of a 413) lingers and closes."""
+_CLOSE_AFTER = frozenset({408, 413})
+"""Early answers after which the connection closes whatever the body: the client is too slow
+(408) or sends too much (413)."""
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The request's body length when it is framed by ``Content-Length`` (h11 has checked it)."""
+    length = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
 class _Connection(h11.Connection):
     """h11's connection, keeping the last protocol error (uvicorn reports them all as one
-    generic 400; the hint tells 431 from 400), and saying ``connection: close`` on an answer
-    sent before the request body was read (the connection lingers, then closes)."""
+    generic 400; the hint tells 431 from 400) and counting the request body still to come.
+
+    An answer sent before the request body was read keeps the connection when the body's
+    length is known and not too large (the protocol skips the rest, uncopied, and serves the
+    client's next request: a refused SDK retries on the same connection); otherwise it says
+    ``connection: close`` and the connection lingers, then closes."""
 
     last_error: h11.RemoteProtocolError | None = None
+    body_left: int | None = None
+    """Bytes of the current request's body not yet parsed, when its length is known."""
+    skip_body = False
+    """An early answer went out that keeps the connection: the rest of the body is skipped."""
 
     def next_event(self) -> Any:
         try:
-            return super().next_event()
+            event = super().next_event()
         except h11.RemoteProtocolError as exc:
             self.last_error = exc
             raise
+        if type(event) is h11.Data:
+            if self.body_left is not None:
+                self.body_left -= len(event.data)
+        elif type(event) is h11.Request:
+            self.body_left = _content_length(event.headers)
+        return event
 
     def send(self, event: Any) -> Any:  # keeps h11's overloads for callers
         if isinstance(event, h11.Response) and self.their_state is h11.SEND_BODY:
-            headers = [(k, v) for k, v in event.headers if k != b"connection"]
-            event = h11.Response(status_code=event.status_code, reason=event.reason,
-                                 headers=[*headers, (b"connection", b"close")])  # fmt: skip
+            left = self.body_left
+            self.skip_body = (
+                left is not None and left <= _SKIP_MAX_BYTES
+                and event.status_code not in _CLOSE_AFTER
+            )  # fmt: skip
+            if not self.skip_body:
+                headers = [(k, v) for k, v in event.headers if k != b"connection"]
+                event = h11.Response(status_code=event.status_code, reason=event.reason,
+                                     headers=[*headers, (b"connection", b"close")])  # fmt: skip
         return super().send(event)
 
 
@@ -158,6 +208,8 @@ class GuardedH11Protocol(H11Protocol):
         self._linger_timer: asyncio.TimerHandle | None = None
         self._linger_until = 0.0
         self._last_read = 0.0
+        self._drain: BodyDrain | None = None
+        """Dropping the rest of a body answered early (lingering, or skipped to keep alive)."""
 
     # -- connections that may be dropped to make room (oldest first): those still sending a
     # -- request head, and those lingering after their answer -------------------------------
@@ -179,7 +231,7 @@ class GuardedH11Protocol(H11Protocol):
     def _refuse(self, exc: RetouchError) -> None:
         self._cancel_head_timer()
         raw = cast(asyncio.Transport, self._raw)
-        if self.lingering:
+        if self.lingering or self._drain is not None:
             self._close()
         elif not raw.is_closing():
             raw.write(_raw_response(exc))
@@ -199,12 +251,52 @@ class GuardedH11Protocol(H11Protocol):
         self._unset_keepalive_if_required()
         if raw.can_write_eof():
             raw.write_eof()  # after the buffered answer: the client reads it, then EOF
-        raw.resume_reading()  # uvicorn's flow control may have paused it
+        self._start_drain(None)
+        return True
+
+    def _skip_body(self) -> None:
+        """After an early answer that keeps the connection (``_Connection.skip_body``): drop
+        the rest of the body uncopied, then serve the next request on a fresh h11 state."""
+        old = self._h11
+        left = old.body_left or 0
+        buffered = old.trailing_data[0]  # received, not yet parsed: the body's next bytes
+        self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
+        self.conn = self._h11
+        super().on_response_complete()  # counts the request, arms uvicorn's keep-alive timer
+        if self.transport.is_closing():
+            return
+        if len(buffered) >= left:  # the whole body is in: what follows it is the next request
+            self._await_head()
+            if len(buffered) > left:
+                self.data_received(buffered[left:])
+            return
+        self._unset_keepalive_if_required()  # the drain's own timers bound it
+        self._start_drain(left - len(buffered))
+
+    def _start_drain(self, limit: int | None) -> None:
+        raw = cast(asyncio.Transport, self._raw)
+        self._cancel_head_timer()
         self._last_read = now = self.loop.time()
         self._linger_until = now + self.guards.linger_s
         self._linger_timer = self.loop.call_later(self.guards.linger_idle_s, self._linger_check)
         self._droppable()[self] = None
-        return True
+        self._drain = BodyDrain.start(self.loop, raw, limit, self._drained_some, self._drain_ended)
+
+    def _drained_some(self) -> None:
+        self._last_read = self.loop.time()
+
+    def _drain_ended(self, closed: bool) -> None:
+        self._drain = None
+        if closed or self.lingering:
+            self._close()
+            return
+        if self._linger_timer is not None:  # the body is skipped: an ordinary idle connection
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        self._await_head()
 
     def _linger_check(self) -> None:
         end = min(self._last_read + self.guards.linger_idle_s, self._linger_until)
@@ -218,6 +310,9 @@ class GuardedH11Protocol(H11Protocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        if self._drain is not None:
+            self._drain.stop()
+            self._drain = None
         self._droppable().pop(self, None)
         if self._raw is not None:
             self._raw.close()
@@ -270,16 +365,64 @@ class GuardedH11Protocol(H11Protocol):
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
+        if self._drain is not None:
+            self._drain.stop()
+            self._drain = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.lingering:  # the rest of a body nobody will read: neither parsed nor kept
-            self._last_read = self.loop.time()
+        if self._drain is not None:  # read by the transport all the same: dropped, not parsed
+            data = self._drain.take(data)
+        if self.lingering or not data:
             return
-        if self.conn.their_state is h11.IDLE and self._head_too_large(data):
-            self._refuse(self._head_too_large_error())
-            return
+        if self.conn.their_state is h11.IDLE:
+            if self._head_too_large(data):
+                self._refuse(self._head_too_large_error())
+                return
+            first_read = self._head_bytes == len(data)  # nothing of this head came before
+            if first_read and self.conn.our_state is h11.IDLE and _is_liveness_probe(data):
+                self._unset_keepalive_if_required()
+                self.conn.receive_data(data)
+                self._answer_liveness_probe()
+                return
         super().data_received(data)
+
+    def _answer_liveness_probe(self) -> None:
+        """``GET /healthz``, answered here as its bytes are read (module docstring), then any
+        request pipelined behind it the usual way."""
+        try:
+            request = self.conn.next_event()
+            end = self.conn.next_event()
+        except h11.RemoteProtocolError:
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        if not isinstance(request, h11.Request) or not isinstance(end, h11.EndOfMessage):
+            self.send_400_response("Invalid HTTP request received.")  # not reached: pre-checked
+            return
+        self._cancel_head_timer()
+        self.server_state.total_requests += 1
+        headers = [
+            *self.server_state.default_headers,
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(_LIVE)),
+            (b"x-request-id", new_request_id().encode()),
+            (b"openai-processing-ms", b"0"),
+            *STANDARD_HEADERS,
+        ]
+        out = self.conn.send(h11.Response(status_code=200, headers=headers)) or b""
+        out += self.conn.send(h11.Data(data=_LIVE)) or b""
+        out += self.conn.send(h11.EndOfMessage()) or b""
+        self.transport.write(out)
+        if self.conn.our_state is not h11.DONE:  # the client asked to close (or HTTP/1.0)
+            self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+            return
+        self.conn.start_next_cycle()
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        self._await_head()
+        self.handle_events()  # a request pipelined behind the probe
 
     def _head_too_large_error(self) -> HeadTooLarge:
         limit = self.guards.max_head_bytes
@@ -320,6 +463,9 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
             # answered before the body arrived (429, 413, 408): the rest is only discarded
+            if self._h11.skip_body and self.conn.our_state is h11.DONE:
+                self._skip_body()  # and the connection serves the client's next request
+                return
             with contextlib.suppress(h11.LocalProtocolError):
                 self.conn.send(h11.ConnectionClosed())
             self.transport.close()  # -> linger()
@@ -329,13 +475,29 @@ class GuardedH11Protocol(H11Protocol):
 
     def shutdown(self) -> None:
         self._cancel_head_timer()
-        if self.lingering:
+        if self.lingering or self._drain is not None:
             self._close()
             return
         super().shutdown()
 
 
 GuardedH11Protocol._droppable_by_server = weakref.WeakKeyDictionary()
+
+_LIVE = b'{"status":"ok"}'
+_PROBE_LINE = b"GET /healthz HTTP/1."
+
+
+def _is_liveness_probe(data: bytes) -> bool:
+    """A complete ``GET /healthz`` head without a body in the first read of a request (what
+    follows it is parsed as usual): no query, no ``Content-Length`` or ``Transfer-Encoding``,
+    no upgrade."""
+    if not data.startswith(_PROBE_LINE):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = data[:end].lower()
+    return b"content-length:" not in head and b"transfer-encoding:" not in head and b"upgrade:" not in head
 
 
 def raise_open_files_limit() -> int:

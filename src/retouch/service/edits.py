@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -60,6 +59,7 @@ from retouch.service.stream import KEEPALIVE, StreamItem
 from retouch.service.tokens import Usage, compute_usage
 from retouch.storage.base import BlobStore
 from retouch.storage.signing import UrlSigner
+from retouch.threads import background_pool
 from retouch.upstream import RelayedBody
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class EditService:
         queue = settings.queue
         self.budget = UploadBudget(queue.max_buffered_bytes)
         self.decodes = asyncio.Semaphore(queue.max_decodes or os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(queue.imaging_threads or None, thread_name_prefix="imaging")
+        self._pool = background_pool(queue.imaging_threads or None, "imaging", queue.imaging_nice)
         self.relay = RelayService(settings, gate, store, signer, fetcher or Fetcher(), self._off_loop)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
