@@ -14,6 +14,7 @@ from retouch.config import ModelSettings, load_settings
 
 pytest.importorskip("ray.serve")
 from ray.serve._private.deploy_utils import get_app_code_version
+from ray.serve.config import RequestRouterConfig
 from ray.serve.schema import ServeDeploySchema
 
 
@@ -50,6 +51,16 @@ def test_admission_and_placement_options() -> None:
     assert deployment["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
     (classic,) = serve_config(load_settings(None))["applications"][0]["deployments"]
     assert classic["ray_actor_options"]["num_gpus"] == 0  # CPU engines reserve no GPU
+
+
+def test_a_request_waiting_for_a_busy_replica_is_retried_at_a_fixed_interval() -> None:
+    """Serve's router backs off to 0.5 s by default; the config fixes it at router_retry_s,
+    which Serve's own schema accepts."""
+    settings = load_settings(None, cluster={"router_retry_s": 0.02})
+    cfg = serve_config(settings)
+    options = ServeDeploySchema.model_validate(cfg).applications[0].deployments[0]
+    router = RequestRouterConfig.model_validate(options.request_router_config)
+    assert (router.initial_backoff_s, router.backoff_multiplier, router.max_backoff_s) == (0.02, 1.0, 0.02)
 
 
 def test_autoscaling_bounds() -> None:

@@ -420,6 +420,13 @@ class ClusterSettings(_Group):
     namespace: str = Field(
         "retouch", description="Ray namespace of the fronts' driver processes."
     )
+    router_retry_s: float = Field(
+        0.01, gt=0, le=1.0,
+        description="How often a front's Serve router retries a request that waits for a "
+        "replica when every replica is busy. Serve's own default backs off from 25 ms to "
+        "0.5 s, so a freed replica idles for up to that long; a fixed short interval costs a "
+        "little CPU in the front while requests wait and keeps the replicas busy.",
+    )  # fmt: skip
 
 
 class Settings(BaseSettings):

@@ -54,6 +54,13 @@ def deployment_options(model: ModelSettings, settings: Settings) -> dict[str, An
             **({"resources": dict(model.ray_resources)} if model.ray_resources else {}),
         },
         "graceful_shutdown_timeout_s": settings.queue.deadline_s,
+        # Requests waiting for a busy replica are retried at a fixed interval (Serve's own
+        # backoff grows to 0.5 s: a freed replica would idle that long).
+        "request_router_config": {
+            "initial_backoff_s": settings.cluster.router_retry_s,
+            "backoff_multiplier": 1.0,
+            "max_backoff_s": settings.cluster.router_retry_s,
+        },
     }
     if model.min_replicas is not None or model.max_replicas is not None:
         options["autoscaling_config"] = {

@@ -8,7 +8,8 @@ flag, the engine stops at its next step, and the method returns only once its th
 finished, so the replica never runs more jobs than ``max_ongoing_requests``.
 
 Each result names the replica (``<replica tag>@<node id prefix>``), which the front sends back
-in the ``x-retouch-replica`` header.
+in the ``x-retouch-replica`` header. Streams go through ``stream`` (a generator: its first item
+names the replica before any partial image); plain requests through ``run``, one call.
 """
 
 from __future__ import annotations
@@ -82,6 +83,21 @@ class EngineReplica:
                 task.cancel()
                 await _settle(task)
                 log.info("request %s cancelled; its engine thread has stopped", request_id)
+
+    async def run(
+        self, job: EditJob, request_id: str | None = None, run_deadline_s: float | None = None
+    ) -> tuple[str, EditOutput, float]:
+        """One call for a job without partial images (the front's plain requests): the
+        replica's name, the output and the engine's run time. ``stream``'s ``start`` item costs
+        a round trip; here the front learns of the assignment from Serve's router instead
+        (``RayBackend``). A cancellation reaches the engine through ``_run``."""
+        started = time.monotonic()
+        try:
+            output = await self._run(job, None, run_deadline_s)
+        except asyncio.CancelledError:
+            log.info("request %s cancelled; its engine thread has stopped", request_id)
+            raise
+        return self.replica, output, time.monotonic() - started
 
     async def _run(
         self, job: EditJob, sink: Callable[[Pixels, int], None] | None, run_deadline_s: float | None

@@ -122,8 +122,9 @@ class Backend(Protocol):
         """Run ``job`` for ``ticket`` (issued by this backend) and return its output.
 
         ``on_start`` is called once the backend has taken the job: at once in this process,
-        when a replica takes it on a cluster (with the replica's name, which a stream needs
-        before its first byte). A job that fails before that never calls it.
+        when a replica takes it on a cluster. A stream's gets the replica's name (its headers
+        need it before the first byte); a plain job's output names its replica instead
+        (``EditOutput.replica``). A job that fails before that never calls it.
 
         ``deadline`` (a ``time.monotonic()`` value) bounds the wait for capacity: past it,
         ``QueueTimeout`` and the engine is never touched. The run itself is bounded by the

@@ -1,10 +1,12 @@
 """``RayBackend``: the front's side of the Ray backend, one per model, calling the model's
 Serve deployment (``retouch.cluster``) through a handle.
 
-* Every job goes through the replica's generator method: the first item (``start``) arrives
-  when a replica has taken the job, so the front learns which replica runs it (the
-  ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is measured
-  here, and the queue deadline bounds only the wait for a replica.
+* A job with partial images goes through the replica's generator method: the first item
+  (``start``) arrives when a replica has taken the job, so the front learns which replica runs
+  it (the ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is
+  measured here, and the queue deadline bounds only the wait for a replica. A plain job is one
+  call of the replica's ``run`` (a stream item less: about a millisecond per request on a busy
+  host, ``bench/cluster.py``); its queue wait ends when Serve's router assigns it to a replica.
 * Admission is Serve's: ``max_ongoing_requests`` per replica, ``max_queued_requests`` per front
   (its handle). ``BackPressureError`` becomes our 429 with a ``Retry-After`` estimate; there is
   no second queue in the front: ``admit`` only counts this front's requests in flight (for
@@ -21,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from retouch.config import ModelSettings, Settings
 from retouch.engine.types import EditJob, EditOutput, EngineInfo
@@ -38,6 +41,7 @@ from retouch.logs import request_id_var
 from retouch.scheduler.base import BackendStats, JobObserver, PartialSink, StartSink, Ticket
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _REPLICA_GRACE_S = 30.0  # beyond the run deadline, for the replica's own RunTimeout to arrive
 
@@ -56,6 +60,7 @@ class RayBackend:
         self.info = info
         self.observer = observer
         self._handle = handle.options(stream=True)
+        self._unary = handle
         self.max_queue = settings.queue.max_queue
         self.run_deadline_s = model.run_deadline_s or settings.queue.run_deadline_s
         self.admitted = 0  # this front's tickets out (decoding, queued or running)
@@ -101,36 +106,10 @@ class RayBackend:
 
         if ticket.backend is not self or ticket.released:
             raise RuntimeError("run() needs a live ticket issued by this backend")
-        admitted_at = ticket.admitted_at
-        stream = self._handle.stream.remote(job, request_id_var.get(), self.run_deadline_s)
-        started = False
         try:
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    kind, replica = await stream.__anext__()
-            except TimeoutError:
-                raise QueueTimeout(
-                    "The request waited too long in the queue without reaching the model."
-                ) from None
-            finally:
-                self._observe_wait(time.monotonic() - admitted_at)
-            if kind != "start":
-                raise EngineFailed(f"unexpected first item {kind!r} from the engine replica")
-            started, run_started = True, time.monotonic()
-            self.running += 1
-            if on_start is not None:
-                on_start(replica)
-            try:  # the replica enforces the run deadline; this bounds a wedged replica
-                async with asyncio.timeout(self.run_deadline_s + _REPLICA_GRACE_S):
-                    output = await self._drain(stream, on_partial)
-            except TimeoutError:
-                raise RunTimeout(
-                    f"The model '{self.model.name}' did not finish within its run deadline of "
-                    f"{self.run_deadline_s:g} s."
-                ) from None
-            self._ran(time.monotonic() - run_started)
-            output.replica = replica
-            return output
+            if on_partial is None:
+                return await self._run_plain(job, ticket, deadline, on_start)
+            return await self._run_stream(job, ticket, deadline, on_partial, on_start)
         except BackPressureError:
             raise QueueFull(
                 f"The model '{self.model.name}' is busy; retry later.",
@@ -148,12 +127,89 @@ class RayBackend:
                 "The engine replica running this request went away; retry the request.",
                 headers=retry_after_headers(1.0),
             ) from None
-        except BaseException:
-            stream.cancel()  # client gone, deadline, or any failure: free the replica
+
+    async def _run_plain(
+        self, job: EditJob, ticket: Ticket, deadline: float, on_start: StartSink | None
+    ) -> EditOutput:
+        """A job without partial images: one call of the replica's ``run``. The queue wait
+        ends when Serve's router has assigned it to a replica (``_to_object_ref``, Serve's
+        developer API, resolves then: ``on_start(None)``); the replica names itself in the
+        result (``EditOutput.replica``)."""
+        response = self._unary.run.remote(job, request_id_var.get(), self.run_deadline_s)
+        started = False
+        try:
+            await self._wait_for_replica(response._to_object_ref(), ticket, deadline)
+            started = True
+            self.running += 1
+            if on_start is not None:
+                on_start(None)  # taken; the replica names itself in the result
+            result: tuple[str, EditOutput, float] = await self._within_run_deadline(response)
+            replica, output, run_s = result
+            self._ran(run_s)
+            output.replica = replica
+            return output
+        except BaseException as exc:
+            if not _from_ray(exc):  # client gone, deadline: free the replica
+                response.cancel()
             raise
         finally:
             if started:
                 self.running -= 1
+
+    async def _run_stream(
+        self,
+        job: EditJob,
+        ticket: Ticket,
+        deadline: float,
+        on_partial: PartialSink,
+        on_start: StartSink | None,
+    ) -> EditOutput:
+        """A job with partial images: the replica's generator ``stream``; its first item
+        (``start``, naming the replica) ends the queue wait."""
+        stream = self._handle.stream.remote(job, request_id_var.get(), self.run_deadline_s)
+        started = False
+        try:
+            kind, replica = await self._wait_for_replica(stream.__anext__(), ticket, deadline)
+            if kind != "start":
+                raise EngineFailed(f"unexpected first item {kind!r} from the engine replica")
+            started, run_started = True, time.monotonic()
+            self.running += 1
+            if on_start is not None:
+                on_start(replica)
+            output = await self._within_run_deadline(self._drain(stream, on_partial))
+            self._ran(time.monotonic() - run_started)
+            output.replica = replica
+            return output
+        except BaseException as exc:
+            if not _from_ray(exc):  # client gone, deadline, any failure here: free the replica
+                stream.cancel()
+            raise
+        finally:
+            if started:
+                self.running -= 1
+
+    async def _wait_for_replica(self, assigned: Awaitable[T], ticket: Ticket, deadline: float) -> T:
+        """The queue deadline bounds only the wait for a replica."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await assigned
+        except TimeoutError:
+            raise QueueTimeout(
+                "The request waited too long in the queue without reaching the model."
+            ) from None
+        finally:
+            self._observe_wait(time.monotonic() - ticket.admitted_at)
+
+    async def _within_run_deadline(self, work: Awaitable[T]) -> T:
+        """The replica enforces the run deadline; this bounds a wedged replica."""
+        try:
+            async with asyncio.timeout(self.run_deadline_s + _REPLICA_GRACE_S):
+                return await work
+        except TimeoutError:
+            raise RunTimeout(
+                f"The model '{self.model.name}' did not finish within its run deadline of "
+                f"{self.run_deadline_s:g} s."
+            ) from None
 
     async def _drain(self, stream: Any, on_partial: PartialSink | None) -> EditOutput:
         async for kind, payload in stream:
@@ -178,6 +234,15 @@ class RayBackend:
     async def close(self) -> None:
         """Nothing to free here: the replicas belong to the cluster, not to this front."""
         self._closed = True
+
+
+def _from_ray(exc: BaseException) -> bool:
+    """An error Ray raised for the call itself (refused, failed, replica lost): nothing to
+    cancel."""
+    from ray.exceptions import RayActorError, RayTaskError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    return isinstance(exc, BackPressureError | RayTaskError | RayActorError | DeploymentUnavailableError)
 
 
 async def attach(settings: Settings, *, observer: JobObserver | None = None) -> dict[str, RayBackend]:

@@ -248,12 +248,15 @@ class EditService:
         on_start: StartSink | None = None,
     ) -> EditOutput:
         try:
-            return await p.backend.run(
+            output = await p.backend.run(
                 p.job, p.ticket, deadline=p.deadline, on_partial=on_partial,
                 on_start=on_start or p.on_start,
             )  # fmt: skip
         finally:
             p.ticket.release()
+        if output.replica:
+            p.replica = output.replica
+        return output
 
     def _encode(self, pixels: Pixels, params: EditParams, size: tuple[int, int]) -> bytes:
         started = time.perf_counter()
