@@ -94,11 +94,17 @@ def _gradient(image: FloatImage) -> FloatImage:
     return f32(cv2.magnitude(gx, gy)).reshape(image.shape)
 
 
+def _channel_max(image: FloatImage) -> FloatImage:
+    """The largest of an H x W x 3 image's channels: ``image.max(axis=2)``, but numpy's
+    reduction over a 3-long last axis costs 13 ms at 512² where this takes 1 ms."""
+    return np.maximum(np.maximum(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
+
+
 def edges(rgb: Pixels) -> tuple[BoolMask, BoolMask]:
     """Sharp and blurred edge pixels of ``rgb`` (colour Canny, then the re-blur ratio)."""
     colour = rgb.astype(np.float32)
-    before = _gradient(colour).max(axis=2)
-    after = _gradient(f32(cv2.GaussianBlur(colour, (0, 0), 1.0))).max(axis=2)
+    before = _channel_max(_gradient(colour))
+    after = _channel_max(_gradient(f32(cv2.GaussianBlur(colour, (0, 0), 1.0))))
     ratio = before / (after + 1e-3)
     found = cv2.Canny(rgb, 20, 50) > 0
     return found & (ratio > SHARP_RATIO), found & (ratio < BLURRED_RATIO)
