@@ -46,6 +46,11 @@ ANALYSIS_SIZE = 512
 CUT_SIZE = 384
 """Long side at which GrabCut decides the uncertain pixels (cost grows with the pixel count:
 about 100 ms at 384 on one core)."""
+CUT_ITERATIONS = 1
+"""GrabCut iterations of step 3. The trimap already fixes all but a few percent of the pixels,
+so the first cut decides: a second one (re-learning the colour models from it) cost 60 ms
+per image and moved the composites' mean IoU by 0.001 (``bench/matting.py``: 0.963 / worst
+0.890 with two, 0.962 / 0.890 with one)."""
 SURE = 0.9
 """Model probability below 1 - SURE: confident background (before erosion)."""
 SURE_FG = 0.75
@@ -168,7 +173,7 @@ def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> Boo
     if not fg_labels.any():
         return np.zeros(size[::-1], bool)
     if (mask == cv2.GC_BGD).any() or (mask == cv2.GC_PR_BGD).any():
-        _grabcut(small, mask, 2)
+        _grabcut(small, mask, CUT_ITERATIONS)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     return _drop_islands(fg, 0.02)
 
