@@ -191,14 +191,16 @@ def _soft_edge(rgb: Pixels, cut: BoolMask, radius: int = 2, eps: float = 1e-4) -
     """Step 4: the cut scaled to full size, its edge band replaced by a colour guided filter."""
     h, w = rgb.shape[:2]
     up = f32(cv2.resize(cut.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
-    alpha = u8(np.where(up >= 0.5, 255, 0))
+    alpha = u8(np.where(up >= 0.5, np.uint8(255), np.uint8(0)))
     band = (up > 0.01) & (up < 0.99)
-    if not band.any():
+    # The band's bounding box from its rows and columns (np.nonzero of the whole band lists
+    # every pixel: 3 ms at 1024², this 0.5 ms).
+    ys, xs = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
+    if not len(ys):
         return alpha
     grow = max(2, round(max(h, w) / cut.shape[1]) + radius)
-    ys, xs = np.nonzero(band)
-    y0, y1 = max(0, int(ys.min()) - grow - radius), min(h, int(ys.max()) + grow + radius + 1)
-    x0, x1 = max(0, int(xs.min()) - grow - radius), min(w, int(xs.max()) + grow + radius + 1)
+    y0, y1 = max(0, int(ys[0]) - grow - radius), min(h, int(ys[-1]) + grow + radius + 1)
+    x0, x1 = max(0, int(xs[0]) - grow - radius), min(w, int(xs[-1]) + grow + radius + 1)
     guide = rgb[y0:y1, x0:x1]
     soft = f32(cv2.ximgproc.guidedFilter(guide, up[y0:y1, x0:x1], radius, eps * 255 * 255))
     region = cv2.dilate(band[y0:y1, x0:x1].astype(np.uint8), _disk(grow)) > 0
