@@ -32,7 +32,6 @@ from typing import Any
 
 from retouch.engine.types import EngineLoadError
 
-
 DISABLED = ["NhwcTransformer"]
 """onnxruntime graph optimisers left out (see above)."""
 
