@@ -46,6 +46,11 @@ ANALYSIS_SIZE = 512
 CUT_SIZE = 384
 """Long side at which GrabCut decides the uncertain pixels (cost grows with the pixel count:
 about 100 ms at 384 on one core)."""
+CUT_ITERATIONS = 1
+"""GrabCut iterations of step 3. The trimap already fixes all but a few percent of the pixels,
+so the first cut decides: a second one (re-learning the colour models from it) cost 60 ms
+per image and moved the composites' mean IoU by 0.001 (``bench/matting.py``: 0.963 / worst
+0.890 with two, 0.962 / 0.890 with one)."""
 SURE = 0.9
 """Model probability below 1 - SURE: confident background (before erosion)."""
 SURE_FG = 0.75
@@ -94,11 +99,17 @@ def _gradient(image: FloatImage) -> FloatImage:
     return f32(cv2.magnitude(gx, gy)).reshape(image.shape)
 
 
+def _channel_max(image: FloatImage) -> FloatImage:
+    """The largest of an H x W x 3 image's channels: ``image.max(axis=2)``, but numpy's
+    reduction over a 3-long last axis costs 13 ms at 512² where this takes 1 ms."""
+    return np.maximum(np.maximum(image[:, :, 0], image[:, :, 1]), image[:, :, 2])
+
+
 def edges(rgb: Pixels) -> tuple[BoolMask, BoolMask]:
     """Sharp and blurred edge pixels of ``rgb`` (colour Canny, then the re-blur ratio)."""
     colour = rgb.astype(np.float32)
-    before = _gradient(colour).max(axis=2)
-    after = _gradient(f32(cv2.GaussianBlur(colour, (0, 0), 1.0))).max(axis=2)
+    before = _channel_max(_gradient(colour))
+    after = _channel_max(_gradient(f32(cv2.GaussianBlur(colour, (0, 0), 1.0))))
     ratio = before / (after + 1e-3)
     found = cv2.Canny(rgb, 20, 50) > 0
     return found & (ratio > SHARP_RATIO), found & (ratio < BLURRED_RATIO)
@@ -162,7 +173,7 @@ def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> Boo
     if not fg_labels.any():
         return np.zeros(size[::-1], bool)
     if (mask == cv2.GC_BGD).any() or (mask == cv2.GC_PR_BGD).any():
-        _grabcut(small, mask, 2)
+        _grabcut(small, mask, CUT_ITERATIONS)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     return _drop_islands(fg, 0.02)
 
@@ -180,14 +191,16 @@ def _soft_edge(rgb: Pixels, cut: BoolMask, radius: int = 2, eps: float = 1e-4) -
     """Step 4: the cut scaled to full size, its edge band replaced by a colour guided filter."""
     h, w = rgb.shape[:2]
     up = f32(cv2.resize(cut.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR))
-    alpha = u8(np.where(up >= 0.5, 255, 0))
+    alpha = u8(np.where(up >= 0.5, np.uint8(255), np.uint8(0)))
     band = (up > 0.01) & (up < 0.99)
-    if not band.any():
+    # The band's bounding box from its rows and columns (np.nonzero of the whole band lists
+    # every pixel: 3 ms at 1024², this 0.5 ms).
+    ys, xs = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
+    if not len(ys):
         return alpha
     grow = max(2, round(max(h, w) / cut.shape[1]) + radius)
-    ys, xs = np.nonzero(band)
-    y0, y1 = max(0, int(ys.min()) - grow - radius), min(h, int(ys.max()) + grow + radius + 1)
-    x0, x1 = max(0, int(xs.min()) - grow - radius), min(w, int(xs.max()) + grow + radius + 1)
+    y0, y1 = max(0, int(ys[0]) - grow - radius), min(h, int(ys[-1]) + grow + radius + 1)
+    x0, x1 = max(0, int(xs[0]) - grow - radius), min(w, int(xs[-1]) + grow + radius + 1)
     guide = rgb[y0:y1, x0:x1]
     soft = f32(cv2.ximgproc.guidedFilter(guide, up[y0:y1, x0:x1], radius, eps * 255 * 255))
     region = cv2.dilate(band[y0:y1, x0:x1].astype(np.uint8), _disk(grow)) > 0

@@ -6,7 +6,13 @@ Used by the segmenter (``segment``) and the optional learned fill (``learned_fil
   every call, whatever thread or process runs it (the server parallelises across jobs).
   ``InferenceSession.run`` is thread-safe, so one session is shared by all threads.
 * All graph optimisations (onnxruntime's default, ``ORT_ENABLE_ALL``: fusions and the NCHWc
-  layout of MLAS's convolutions).
+  layout of MLAS's convolutions) but one, ``NhwcTransformer``: it moves 8-bit convolutions
+  (``QLinearConv``) to channels-last and wraps each in ``Transpose`` nodes, and in the
+  segmenter (seven 8-bit convolutions between float32 layers) those transposes, with the
+  extra quantise/dequantise pairs they bring, cost more than they save: 17 transposes, about
+  50 ms of a 500 ms call on one core (``bench/matting.py``). The NCHW ``QLinearConv`` kernel
+  gives the same bytes. Float32 models are not affected (the transformer only rewrites
+  quantised operators on this CPU).
 * Denormal activations flushed to zero: about 10 % faster on x86, same output.
 * ``arena``: onnxruntime's CPU memory arena keeps the activation buffers between calls.
   Without it every call maps its activations afresh from the kernel and pays a page fault
@@ -26,6 +32,9 @@ from typing import Any
 
 from retouch.engine.types import EngineLoadError
 
+DISABLED = ["NhwcTransformer"]
+"""onnxruntime graph optimisers left out (see above)."""
+
 
 def open_session(path: Path, *, what: str, arena: bool) -> Any:
     """An onnxruntime session for ``path``; ``EngineLoadError`` (starting with ``what``, e.g.
@@ -44,6 +53,8 @@ def open_session(path: Path, *, what: str, arena: bool) -> Any:
     options.log_severity_level = 3
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED
+        )
     except Exception as exc:
         raise EngineLoadError(f"{what} {path} could not be loaded by onnxruntime: {exc}") from exc
