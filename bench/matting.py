@@ -138,10 +138,28 @@ def pictures(composites: list[Composite], folder: Path, names: list[int]) -> Non
     _side_by_side(photos, folder / "matting-photos.png", 200)
 
 
+def seeds(composites: list[Composite], count: int) -> None:
+    """How much the refined matte depends on the k-means start of GrabCut's colour models:
+    the same composites with ``matting.GMM_SEED`` = 0 .. count-1 (every other seed gives its
+    own deterministic start)."""
+    seg = segmenter()
+    probs = [seg.probability(c.rgb) for c in composites]
+    default = matting.GMM_SEED
+    print(f"\nGrabCut colour-model seed (default {default:#x}): mean / worst IoU, worst composite")
+    for seed in [default, *range(count)]:
+        matting.GMM_SEED = seed
+        scores = [iou(matting.refine(c.rgb, p), c.mask) for c, p in zip(composites, probs, strict=True)]
+        worst = int(np.argmin(scores))
+        print(f"  seed {seed:#x}: {np.mean(scores):.3f} / {scores[worst]:.3f} ({composites[worst].name})")
+    matting.GMM_SEED = default
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pictures", type=Path, default=None)
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, default=0, metavar="N",
+                        help="also score the refined matte with N other k-means seeds")
     args = parser.parse_args()
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     cv2.setNumThreads(1)
@@ -150,6 +168,8 @@ def main() -> None:
         return
     composites = build(1024)
     run(composites)
+    if args.seeds:
+        seeds(composites, args.seeds)
     # The peak varies from one fresh process to the next (by up to ~40 MB: where onnxruntime's
     # arena and the allocator happen to place the buffers), so take three and report all.
     peaks = [
