@@ -53,14 +53,15 @@ def test_admission_and_placement_options() -> None:
     assert classic["ray_actor_options"]["num_gpus"] == 0  # CPU engines reserve no GPU
 
 
-def test_a_request_waiting_for_a_busy_replica_is_retried_at_a_fixed_interval() -> None:
-    """Serve's router backs off to 0.5 s by default; the config fixes it at router_retry_s,
-    which Serve's own schema accepts."""
-    settings = load_settings(None, cluster={"router_retry_s": 0.02})
+def test_the_routers_backoff_for_a_busy_deployment_is_capped() -> None:
+    """Serve's router backs off to 0.5 s by default; the config caps it at
+    router_max_backoff_s, which Serve's own schema accepts."""
+    settings = load_settings(None, cluster={"router_max_backoff_s": 0.02})
     cfg = serve_config(settings)
     options = ServeDeploySchema.model_validate(cfg).applications[0].deployments[0]
     router = RequestRouterConfig.model_validate(options.request_router_config)
-    assert (router.initial_backoff_s, router.backoff_multiplier, router.max_backoff_s) == (0.02, 1.0, 0.02)
+    assert router.max_backoff_s == 0.02
+    assert (router.initial_backoff_s, router.backoff_multiplier) == (0.025, 2)  # Serve's own
 
 
 def test_autoscaling_bounds() -> None:

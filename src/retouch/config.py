@@ -420,12 +420,12 @@ class ClusterSettings(_Group):
     namespace: str = Field(
         "retouch", description="Ray namespace of the fronts' driver processes."
     )
-    router_retry_s: float = Field(
-        0.01, gt=0, le=1.0,
-        description="How often a front's Serve router retries a request that waits for a "
-        "replica when every replica is busy. Serve's own default backs off from 25 ms to "
-        "0.5 s, so a freed replica idles for up to that long; a fixed short interval costs a "
-        "little CPU in the front while requests wait and keeps the replicas busy.",
+    router_max_backoff_s: float = Field(
+        0.05, gt=0, le=0.5,
+        description="Longest pause of a front's Serve router between tries of a request that "
+        "waits for a busy replica. Serve backs off from 25 ms, doubling, to 0.5 s by default, so "
+        "a replica that frees up may idle for up to that long; each try also probes the busy "
+        "replicas, so a shorter cap costs CPU in the fronts and replicas while requests wait.",
     )  # fmt: skip
 
 

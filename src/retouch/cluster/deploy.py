@@ -54,13 +54,9 @@ def deployment_options(model: ModelSettings, settings: Settings) -> dict[str, An
             **({"resources": dict(model.ray_resources)} if model.ray_resources else {}),
         },
         "graceful_shutdown_timeout_s": settings.queue.deadline_s,
-        # Requests waiting for a busy replica are retried at a fixed interval (Serve's own
-        # backoff grows to 0.5 s: a freed replica would idle that long).
-        "request_router_config": {
-            "initial_backoff_s": settings.cluster.router_retry_s,
-            "backoff_multiplier": 1.0,
-            "max_backoff_s": settings.cluster.router_retry_s,
-        },
+        # A request waiting for a busy replica: Serve's router retries it with a growing
+        # pause, by default up to 0.5 s (a freed replica would idle that long); capped here.
+        "request_router_config": {"max_backoff_s": settings.cluster.router_max_backoff_s},
     }
     if model.min_replicas is not None or model.max_replicas is not None:
         options["autoscaling_config"] = {
