@@ -11,6 +11,8 @@ With the learned segmenter (``segment``, U²-Net-p by default):
    Only when the model's foreground is mostly sharp-edged and the rest mostly blurred,
    everything that is connected to the background without crossing a sharp edge becomes
    background, unless that would take most of the model's foreground (a gap in the outline).
+   A large region enclosed by sharp edges that the model leaves undecided (a ring's hole
+   showing the background) is doubted: GrabCut starts it as background.
 3. **Trimap and cut**: confident regions of the model (eroded) become certain foreground and
    background, the rest (the uncertain band, plus anything step 2 doubts) is decided by
    OpenCV's GrabCut at ``CUT_SIZE`` from colour models of the certain regions; so holes that
@@ -148,7 +150,34 @@ def depth_of_field(rgb: Pixels, probability: FloatImage) -> tuple[BoolMask, Bool
         doubtful |= background & near_sharp
     far_from_sharp = cv2.dilate(sharp.astype(np.uint8), _disk(2 * r)) == 0
     certain |= (cv2.dilate(blurred.astype(np.uint8), _disk(r)) > 0) & far_from_sharp
+    doubtful |= _undecided_holes(labels, count, background, p)
     return certain, doubtful
+
+
+HOLE_AREA = 0.002
+"""Smallest enclosed region (fraction of the image) that ``_undecided_holes`` considers."""
+HOLE_UNDECIDED = 0.8
+"""Fraction of an enclosed region's pixels the model must leave undecided to doubt it."""
+
+
+def _undecided_holes(
+    labels: npt.NDArray[np.int32], count: int, background: BoolMask, p: FloatImage
+) -> BoolMask:
+    """Regions enclosed by sharp edges (not the background's region) that are large, hold no
+    sharp edge of their own, and that the model leaves undecided: in a photo with a sharp
+    subject on a blurred background, a hole of the subject that shows the background (a
+    ring's hole). Texture inside the subject is cut into small regions by its own sharp
+    edges, and the model is sure of the subject's smooth parts, so neither is doubted. A
+    doubted region starts as background in GrabCut, whose colour models then decide it;
+    undecided, it went to whichever side the models' start favoured."""
+    undecided = (p > 1 - SURE) & (p < SURE_FG)
+    area = np.bincount(labels.reshape(-1), minlength=count)
+    unsure = np.bincount(labels.reshape(-1), weights=undecided.reshape(-1), minlength=count)
+    holes = (area >= HOLE_AREA * labels.size) & (unsure >= HOLE_UNDECIDED * np.maximum(area, 1))
+    holes[0] = False  # the walls themselves
+    holes[np.unique(labels[background])] = False
+    result: BoolMask = holes[labels]
+    return result
 
 
 def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> BoolMask:
