@@ -131,13 +131,12 @@ def test_a_large_enclosed_region_the_model_leaves_undecided_is_doubted() -> None
     labels[40:60, 80:95] = 5  # another large undecided one
     p = np.full((100, 100), 0.5, np.float32)
     p[70:90, 30:70] = 0.95
-    background = labels == 1
-    doubted = matting._undecided_holes(labels, 6, background, p)
+    doubted = matting._undecided_holes(labels, 6, 1, p)
     assert doubted[labels == 2].all()
     assert doubted[labels == 5].all()
     assert not doubted[(labels == 0) | (labels == 1) | (labels == 3) | (labels == 4)].any()
     p[20:60, 30:50] = 0.97  # half of region 2 sure: under HOLE_UNDECIDED, no longer doubted
-    assert not matting._undecided_holes(labels, 6, background, p)[labels == 2].any()
+    assert not matting._undecided_holes(labels, 6, 1, p)[labels == 2].any()
 
 
 @pytest.fixture(scope="module")

@@ -150,7 +150,7 @@ def depth_of_field(rgb: Pixels, probability: FloatImage) -> tuple[BoolMask, Bool
         doubtful |= background & near_sharp
     far_from_sharp = cv2.dilate(sharp.astype(np.uint8), _disk(2 * r)) == 0
     certain |= (cv2.dilate(blurred.astype(np.uint8), _disk(r)) > 0) & far_from_sharp
-    doubtful |= _undecided_holes(labels, count, background, p)
+    doubtful |= _undecided_holes(labels, count, int(votes.argmax()), p)
     return certain, doubtful
 
 
@@ -161,12 +161,12 @@ HOLE_UNDECIDED = 0.8
 
 
 def _undecided_holes(
-    labels: npt.NDArray[np.int32], count: int, background: BoolMask, p: FloatImage
+    labels: npt.NDArray[np.int32], count: int, background: int, p: FloatImage
 ) -> BoolMask:
-    """Regions enclosed by sharp edges (not the background's region) that are large, hold no
-    sharp edge of their own, and that the model leaves undecided: in a photo with a sharp
-    subject on a blurred background, a hole of the subject that shows the background (a
-    ring's hole). Texture inside the subject is cut into small regions by its own sharp
+    """Regions enclosed by sharp edges (``labels``, but not the ``background`` label) that are
+    large, hold no sharp edge of their own, and that the model leaves undecided: in a photo
+    with a sharp subject on a blurred background, a hole of the subject that shows the
+    background (a ring's hole). Texture inside the subject is cut into small regions by its own sharp
     edges, and the model is sure of the subject's smooth parts, so neither is doubted. A
     doubted region starts as background in GrabCut, whose colour models then decide it;
     undecided, it went to whichever side the models' start favoured."""
@@ -175,7 +175,7 @@ def _undecided_holes(
     unsure = np.bincount(labels.reshape(-1), weights=undecided.reshape(-1), minlength=count)
     holes = (area >= HOLE_AREA * labels.size) & (unsure >= HOLE_UNDECIDED * np.maximum(area, 1))
     holes[0] = False  # the walls themselves
-    holes[np.unique(labels[background])] = False
+    holes[background] = False  # the background's own region
     result: BoolMask = holes[labels]
     return result
 
@@ -240,8 +240,9 @@ GMM_COMPONENTS = 5
 """OpenCV's GrabCut models each side with 5 Gaussians (its model arrays are 1 x 65)."""
 GMM_SAMPLES = 4096
 """Pixels per side the start of the colour models is fitted to."""
-GMM_ATTEMPTS = 3
-"""k-means runs per side (the most compact is kept)."""
+GMM_ATTEMPTS = 1
+"""k-means runs per side (the most compact is kept): three changed no composite's IoU, for
+any of four seeds, and cost 7 ms per image."""
 GMM_SEED = 0x5EED
 
 
