@@ -204,9 +204,34 @@ def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> Boo
     if not fg_labels.any():
         return np.zeros(size[::-1], bool)
     if (mask == cv2.GC_BGD).any() or (mask == cv2.GC_PR_BGD).any():
-        _grabcut(small, mask, CUT_ITERATIONS)
+        _grabcut_undecided(small, mask, CUT_ITERATIONS)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     return _drop_islands(fg, 0.02)
+
+
+CUT_MARGIN = 16
+"""Pixels of decided surroundings kept around the undecided ones for GrabCut (at ``CUT_SIZE``)."""
+
+
+def _grabcut_undecided(small: Pixels, mask: np.ndarray, iterations: int) -> None:
+    """GrabCut on the bounding box of the undecided pixels and ``CUT_MARGIN`` around them,
+    written back into ``mask``. OpenCV builds its graph over every pixel it is given, fixed
+    or not, and the trimap leaves only 2-4 % undecided: on the box the cut took 71-76 ms per
+    image instead of 96-126 (its colour models then come from the decided pixels near the
+    undecided ones), and no composite's IoU moved by more than 0.012 (``bench/matting.py``)."""
+    undecided = (mask == cv2.GC_PR_FGD) | (mask == cv2.GC_PR_BGD)
+    rows, cols = np.flatnonzero(undecided.any(axis=1)), np.flatnonzero(undecided.any(axis=0))
+    if not len(rows):
+        return
+    y0, y1 = max(0, rows[0] - CUT_MARGIN), min(mask.shape[0], rows[-1] + CUT_MARGIN + 1)
+    x0, x1 = max(0, cols[0] - CUT_MARGIN), min(mask.shape[1], cols[-1] + CUT_MARGIN + 1)
+    box = np.ascontiguousarray(mask[y0:y1, x0:x1])
+    labels = box.reshape(-1)
+    background = (labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)
+    if background.all() or not background.any():  # one side only in the box: nothing to cut
+        return
+    _grabcut(np.ascontiguousarray(small[y0:y1, x0:x1]), box, iterations)
+    mask[y0:y1, x0:x1] = box
 
 
 def _grabcut(small: Pixels, mask: np.ndarray, iterations: int) -> None:
