@@ -139,6 +139,31 @@ def test_a_large_enclosed_region_the_model_leaves_undecided_is_doubted() -> None
     assert not matting._undecided_holes(labels, 6, 1, p)[labels == 2].any()
 
 
+def test_grabcut_decides_only_the_undecided_pixels_of_its_box() -> None:
+    """``_grabcut_undecided``: a dark square on light, its edge undecided; GrabCut runs on the
+    undecided pixels' box (and its margin) and decides every one of them, by colour; no
+    other pixel changes, and a mask with nothing undecided is left alone."""
+    small = np.full((120, 160, 3), 220, np.uint8)
+    small[40:80, 60:100] = 30
+    mask = np.full((120, 160), cv2.GC_BGD, np.uint8)
+    mask[45:75, 65:95] = cv2.GC_FGD
+    undecided = np.zeros(mask.shape, bool)
+    undecided[35:85, 55:105] = True
+    undecided[45:75, 65:95] = False
+    mask[undecided] = cv2.GC_PR_FGD
+    before = mask.copy()
+    matting._grabcut_undecided(small, mask, 1)
+    assert np.array_equal(mask[~undecided], before[~undecided])
+    dark = small[:, :, 0] < 128
+    assert (mask[undecided & dark] == cv2.GC_PR_FGD).all()
+    assert (mask[undecided & ~dark] == cv2.GC_PR_BGD).all()
+    decided = before.copy()
+    decided[undecided] = cv2.GC_BGD
+    unchanged = decided.copy()
+    matting._grabcut_undecided(small, decided, 1)
+    assert np.array_equal(decided, unchanged)
+
+
 @pytest.fixture(scope="module")
 def rocket() -> Composite:
     return next(c for c in build(1024) if c.name == "discs on rocket")
