@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import openai
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from retouch.api import idempotency
 from retouch.engine.echo import EchoEngine
 from tests.accounts.conftest import Accounts, sdk_for
 from tests.conftest import Harness, echo_models, encode_image, gradient
@@ -206,18 +209,21 @@ async def _stored(gate: Any, secret: str) -> bool:
 
 
 async def test_a_replay_never_hands_back_expired_links(
-    accounts: Accounts, harness_factory: Callable[..., Any]
+    accounts: Accounts, harness_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, secret = accounts.create_key()
     engine = EchoEngine("echo")
-    settings = accounts.settings(storage={"allow_url_for_gpt_models": True, "url_ttl_s": 1})
+    settings = accounts.settings(storage={"allow_url_for_gpt_models": True, "url_ttl_s": 60})
     h: Harness = await harness_factory(settings, engines={"echo": engine}, gate_factory=accounts.gate)
     sdk = sdk_for(h, secret)
     first = await _edit_raw(sdk, "links", response_format="url")
     assert first.parse().data[0].url
     fresh = await _edit_raw(sdk, "links", response_format="url")
     assert fresh.headers["idempotent-replayed"] == "true"  # links still valid: replayed
-    await asyncio.sleep(2.1)  # the links' expiry (whole seconds) is now past
+    # The replay check's clock, 61 s on: the links' expiry is past (no sleep, so a slow run
+    # cannot reach the expiry before the second request either).
+    later = SimpleNamespace(time=lambda: time.time() + 61, monotonic=time.monotonic)
+    monkeypatch.setattr(idempotency, "time", later)
     with pytest.raises(openai.UnprocessableEntityError) as err:
         await _edit_raw(sdk, "links", response_format="url")
     assert err.value.code == "idempotency_replay_expired"
