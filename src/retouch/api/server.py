@@ -197,8 +197,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
-        self.conn = self._h11
+        self._new_h11()
         self._head_timer: asyncio.TimerHandle | None = None
         self._raw: asyncio.Transport | None = None
         self._head_bytes = 0
@@ -210,6 +209,17 @@ class GuardedH11Protocol(H11Protocol):
         self._last_read = 0.0
         self._drain: BodyDrain | None = None
         """Dropping the rest of a body answered early (lingering, or skipped to keep alive)."""
+
+    def _new_h11(self) -> None:
+        """A fresh h11 state for the connection (at start, and after a skipped body)."""
+        self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
+        self.conn = self._h11
+
+    def _arm_keep_alive(self) -> None:
+        """uvicorn's idle timer, as its ``on_response_complete`` arms it."""
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
 
     # -- connections that may be dropped to make room (oldest first): those still sending a
     # -- request head, and those lingering after their answer -------------------------------
@@ -260,8 +270,7 @@ class GuardedH11Protocol(H11Protocol):
         old = self._h11
         left = old.body_left or 0
         buffered = old.trailing_data[0]  # received, not yet parsed: the body's next bytes
-        self._h11 = _Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16384)
-        self.conn = self._h11
+        self._new_h11()
         super().on_response_complete()  # counts the request, arms uvicorn's keep-alive timer
         if self.transport.is_closing():
             return
@@ -290,12 +299,8 @@ class GuardedH11Protocol(H11Protocol):
         if closed or self.lingering:
             self._close()
             return
-        if self._linger_timer is not None:  # the body is skipped: an ordinary idle connection
-            self._linger_timer.cancel()
-            self._linger_timer = None
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self._stop_draining()  # the body is skipped: an ordinary idle connection again
+        self._arm_keep_alive()
         self._await_head()
 
     def _linger_check(self) -> None:
@@ -306,13 +311,16 @@ class GuardedH11Protocol(H11Protocol):
         else:
             self._linger_timer = self.loop.call_at(end, self._linger_check)
 
-    def _close(self) -> None:
+    def _stop_draining(self) -> None:
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
         if self._drain is not None:
             self._drain.stop()
             self._drain = None
+
+    def _close(self) -> None:
+        self._stop_draining()
         self._droppable().pop(self, None)
         if self._raw is not None:
             self._raw.close()
@@ -362,12 +370,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._cancel_head_timer()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
-        if self._drain is not None:
-            self._drain.stop()
-            self._drain = None
+        self._stop_draining()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -418,9 +421,7 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
             return
         self.conn.start_next_cycle()
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self._arm_keep_alive()
         self._await_head()
         self.handle_events()  # a request pipelined behind the probe
 
