@@ -203,8 +203,7 @@ def _cut(rgb: Pixels, probability: FloatImage, *, focus_cue: bool = True) -> Boo
     fg_labels = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
     if not fg_labels.any():
         return np.zeros(size[::-1], bool)
-    if (mask == cv2.GC_BGD).any() or (mask == cv2.GC_PR_BGD).any():
-        _grabcut_undecided(small, mask, CUT_ITERATIONS)
+    _grabcut_undecided(small, mask, CUT_ITERATIONS)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     return _drop_islands(fg, 0.02)
 
@@ -226,10 +225,6 @@ def _grabcut_undecided(small: Pixels, mask: np.ndarray, iterations: int) -> None
     y0, y1 = max(0, rows[0] - CUT_MARGIN), min(mask.shape[0], rows[-1] + CUT_MARGIN + 1)
     x0, x1 = max(0, cols[0] - CUT_MARGIN), min(mask.shape[1], cols[-1] + CUT_MARGIN + 1)
     box = np.ascontiguousarray(mask[y0:y1, x0:x1])
-    labels = box.reshape(-1)
-    background = (labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)
-    if background.all() or not background.any():  # one side only in the box: nothing to cut
-        return
     _grabcut(np.ascontiguousarray(small[y0:y1, x0:x1]), box, iterations)
     mask[y0:y1, x0:x1] = box
 
@@ -241,13 +236,13 @@ def _grabcut(small: Pixels, mask: np.ndarray, iterations: int) -> None:
     ``CUT_SIZE`` that was 47 ms of the cut's 80. Cluster centres of a regular sample of
     ``GMM_SAMPLES`` pixels per side are as good a start (the first iteration re-learns the
     models from every pixel), so here the models are fitted to the sample and GrabCut resumes
-    from them (``GC_EVAL``)."""
+    from them (``GC_EVAL``). A side with too few pixels to model (none, in a box that holds
+    one side only) leaves ``mask`` as it is: there is nothing to tell apart."""
     pixels = small.reshape(-1, 3)
     labels = mask.reshape(-1)
     background = (labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)
     bgd, fgd = _gmm(pixels[background]), _gmm(pixels[~background])
-    if bgd is None or fgd is None:  # a side (almost) without pixels: OpenCV's own start
-        _grabcut_from_mask(small, mask, iterations)
+    if bgd is None or fgd is None:
         return
     cv2.grabCut(small, mask, (0, 0, 0, 0), bgd, fgd, iterations, cv2.GC_EVAL)
 
