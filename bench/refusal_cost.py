@@ -29,15 +29,7 @@ import httpx
 
 sys.path.insert(0, os.path.dirname(__file__))
 from retouch.imaging.encode import encode
-from saturation import free_port, photo, wait_ready
-
-
-def main_thread_cpu(pid: int) -> tuple[float, float]:
-    """User and system seconds of the server's main thread (the event loop)."""
-    with open(f"/proc/{pid}/task/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+from saturation import free_port, main_thread_cpu, photo, wait_ready
 
 
 def main() -> None:

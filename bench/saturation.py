@@ -67,15 +67,20 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def main_thread(pid: int) -> tuple[float, int]:
-    """CPU seconds of the server's main thread (its event loop) and the times it was preempted
-    (involuntary context switches: another process wanted its CPU)."""
+def main_thread_cpu(pid: int) -> tuple[float, float]:
+    """User and system seconds of the server's main thread (its event loop)."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rpartition(")")[2].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def main_thread(pid: int) -> tuple[float, int]:
+    """CPU seconds of the server's main thread and the times it was preempted (involuntary
+    context switches: another thread or process wanted its CPU)."""
     status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
     preempted = next(int(line.split()[1]) for line in status.splitlines()
                      if line.startswith("nonvoluntary_ctxt_switches"))  # fmt: skip
-    return cpu, preempted
+    return sum(main_thread_cpu(pid)), preempted
 
 
 def pct(values: list[float], q: float) -> float:

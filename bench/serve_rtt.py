@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.cluster import config_text  # noqa: E402
 from tests.raycluster import RayCluster  # noqa: E402
 
 from retouch.cluster import deploy  # noqa: E402
@@ -42,17 +43,7 @@ def main() -> None:
     try:
         cluster.start(head_resources={"fake_gpu": 1}, worker_resources=None)
         config = root / "ray.toml"
-        config.write_text(f"""
-data_dir = "{root / "data"}"
-[cluster]
-backend = "ray"
-address = "{cluster.address}"
-[[models]]
-name = "echo"
-engine = "echo"
-cpus_per_replica = 0
-ray_resources = {{ fake_gpu = 1 }}
-""")
+        config.write_text(config_text(root / "data", "ray", cluster.address, 1, 0))
         settings = load_settings(config)
         deploy.connect(settings)
         deploy.deploy(settings)
