@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -274,8 +275,10 @@ _PART_HEAD = (
 _REST = bytes(3_000_000) + b"\r\n--b--\r\n"
 
 
-def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, Any]:
-    """A live server whose one slot is held by a 3 s edit (queue of 0)."""
+@contextlib.contextmanager
+def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> Iterator[Any]:
+    """A live server whose one slot is held by a 3 s edit (queue of 0); on exit the edit
+    has finished and the server stopped."""
     engine = EchoEngine("echo", {"delay_s": 3.0, "steps": 30})
     settings = make_settings(models=echo_models(), queue={"max_queue": 0}, server=server)
     live = LiveServer(settings, engines={"echo": engine})
@@ -287,11 +290,10 @@ def _slot_taken(make_settings: Callable[..., Any], **server: Any) -> tuple[Any, 
     first.start()
     try:
         wait_until(lambda: live.services.workers["echo"].running == 1, timeout=10)
-    except BaseException:
+        yield live
+    finally:
         first.join()
         live.stop()
-        raise
-    return live, first
 
 
 def _refused_upload(live: Any, *, chunked: bool = False) -> tuple[Any, bytes]:
@@ -327,8 +329,7 @@ def test_an_early_429_keeps_the_connection_and_the_rest_of_the_body_is_skipped(
     unsent. The body's length is known, so the connection stays: the rest is read and
     dropped, unparsed (sending it does not hit a reset; it is not a next request), and the
     request sent right behind it in the same write is answered on the same connection."""
-    live, first = _slot_taken(make_settings)
-    try:
+    with _slot_taken(make_settings) as live:
         sock, answer = _refused_upload(live)
         headers = assert_envelope(answer, 429, "queue_full")
         assert "retry-after" in headers
@@ -342,9 +343,6 @@ def test_an_early_429_keeps_the_connection_and_the_rest_of_the_body_is_skipped(
         assert (status, body) == (200, {"status": "ok"})
         sock.close()
         _queue_is_empty(live)
-    finally:
-        first.join()
-        live.stop()
 
 
 @pytest.mark.live
@@ -353,8 +351,7 @@ def test_the_refused_sdk_retries_on_the_same_connection(make_settings: Callable[
     connection back in its pool; the next request reuses it."""
     import httpx as httpx1
 
-    live, first = _slot_taken(make_settings)
-    try:
+    with _slot_taken(make_settings) as live:
         connections = live.server.server_state.connections
         baseline = len(connections)
         with httpx1.Client(base_url=live.url) as http:
@@ -365,9 +362,6 @@ def test_the_refused_sdk_retries_on_the_same_connection(make_settings: Callable[
             assert http.get("/healthz").status_code == 200
             assert len(connections) == baseline + 1  # one connection served all four
         _queue_is_empty(live)
-    finally:
-        first.join()
-        live.stop()
 
 
 @pytest.mark.live
@@ -378,8 +372,7 @@ def test_an_early_429_on_a_body_of_unknown_length_lingers_then_closes(
     ``connection: close`` and the server half-closes. The rest is then read and dropped
     (sending it does not hit a reset), and the server closes once the client is done: the
     lingering close of ``api.server``."""
-    live, first = _slot_taken(make_settings)
-    try:
+    with _slot_taken(make_settings) as live:
         connections = live.server.server_state.connections
         baseline = len(connections)
         sock, answer = _refused_upload(live, chunked=True)
@@ -391,9 +384,6 @@ def test_an_early_429_on_a_body_of_unknown_length_lingers_then_closes(
         wait_until(lambda: len(connections) == baseline, timeout=10)
         sock.close()
         _queue_is_empty(live)
-    finally:
-        first.join()
-        live.stop()
 
 
 @pytest.mark.live
@@ -403,8 +393,7 @@ def test_a_connection_that_goes_silent_after_an_early_429_is_closed(
 ) -> None:
     """After an early 429, a client that stops sending its body is closed after
     ``linger_idle_s``, not held open, whether its connection would be kept or not."""
-    live, first = _slot_taken(make_settings, linger_idle_s=0.5, linger_s=30)
-    try:
+    with _slot_taken(make_settings, linger_idle_s=0.5, linger_s=30) as live:
         connections = live.server.server_state.connections
         baseline = len(connections)
         sock, _ = _refused_upload(live, chunked=chunked)
@@ -412,9 +401,6 @@ def test_a_connection_that_goes_silent_after_an_early_429_is_closed(
         assert len(connections) == baseline + 1
         wait_until(lambda: len(connections) == baseline, timeout=10)
         sock.close()
-    finally:
-        first.join()
-        live.stop()
 
 
 @pytest.mark.live
@@ -423,8 +409,7 @@ def test_a_trickled_body_after_an_early_429_is_cut_at_linger_s(
 ) -> None:
     """A client that keeps sending its refused body slowly, never going silent, is closed
     after ``linger_s`` all the same."""
-    live, first = _slot_taken(make_settings, linger_idle_s=60, linger_s=1.0)
-    try:
+    with _slot_taken(make_settings, linger_idle_s=60, linger_s=1.0) as live:
         connections = live.server.server_state.connections
         baseline = len(connections)
         sock, _ = _refused_upload(live)
@@ -439,9 +424,6 @@ def test_a_trickled_body_after_an_early_429_is_cut_at_linger_s(
         # never silent for linger_idle_s (60 s): only linger_s can end it within the wait
         wait_until(trickled_until_closed, timeout=20, interval=0.05)
         sock.close()
-    finally:
-        first.join()
-        live.stop()
 
 
 @pytest.mark.live
@@ -450,8 +432,7 @@ def test_aiohttp_reads_an_early_429_on_a_large_upload(make_settings: Callable[..
     field while its 3 MB upload is still going out, not a connection error."""
     import aiohttp
 
-    live, first = _slot_taken(make_settings)
-    try:
+    with _slot_taken(make_settings) as live:
 
         async def send() -> list[tuple[int, str]]:
             got = []
@@ -466,6 +447,3 @@ def test_aiohttp_reads_an_early_429_on_a_large_upload(make_settings: Callable[..
             return got
 
         assert asyncio.run(send()) == [(429, "queue_full")] * 3
-    finally:
-        first.join()
-        live.stop()
