@@ -40,7 +40,9 @@ from retouch.cluster import deploy  # noqa: E402
 from retouch.config import load_settings  # noqa: E402
 
 
-def config_text(data_dir: Path, backend: str, address: str, replicas: int, engine_ms: int) -> str:
+def config_text(
+    data_dir: Path, backend: str, address: str, replicas: int, engine_ms: int, transport: str = "grpc"
+) -> str:
     return f"""
 data_dir = "{data_dir}"
 log_level = "warning"
@@ -50,6 +52,7 @@ max_queue = 64
 backend = "{backend}"
 address = "{address}"
 deploy = false
+transport = "{transport}"
 [[models]]
 name = "echo"
 engine = "echo"
@@ -121,6 +124,8 @@ def main() -> None:
     parser.add_argument("--replicas", default="1,2,4,8")
     parser.add_argument("--engine-ms", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--transport", choices=["grpc", "actor"], default="grpc",
+                        help="cluster.transport of the Ray front")  # fmt: skip
     args = parser.parse_args()
     counts = [int(n) for n in args.replicas.split(",")]
     if [n for _, n in socket.if_nameindex()] != ["lo"]:
@@ -132,7 +137,8 @@ def main() -> None:
     try:
         cluster.start(head_resources={"fake_gpu": max(counts)}, worker_resources=None)
         ray_config = root / "ray.toml"
-        ray_config.write_text(config_text(root / "ray", "ray", cluster.address, counts[0], args.engine_ms))
+        ray_config.write_text(config_text(root / "ray", "ray", cluster.address, counts[0], args.engine_ms,
+                                          args.transport))  # fmt: skip
         settings = load_settings(ray_config)
         deploy.connect(settings)
         deploy.deploy(settings)
@@ -153,7 +159,8 @@ def main() -> None:
             rate, median, failed = measure(ray_url, 2 * n, args.seconds)
             rows.append((n, rate, median, failed))
         base = rows[0][1]
-        print(f"\nengine time {args.engine_ms} ms; {os.cpu_count()} CPUs; {args.seconds:g} s per run\n")
+        print(f"\nengine time {args.engine_ms} ms; {os.cpu_count()} CPUs; {args.seconds:g} s per run; "
+              f"transport {args.transport}\n")  # fmt: skip
         print("| replicas | clients | edits/s | speedup | efficiency | median latency | errors |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for n, rate, median, failed in rows:

@@ -1,5 +1,6 @@
 """The floor under the cluster path's added latency: one Serve handle call of a method that
-does nothing (the echo replica's ``describe``), timed from a driver, the way a front calls.
+does nothing (the echo replica's ``describe``), timed from a driver, the way a front calls,
+on both transports (``cluster.transport``: Serve's gRPC channel, or Ray actor calls).
 
 ``bench/cluster.py`` reports what the Ray backend adds to a whole edit compared with the local
 backend; this measures Ray Serve alone (router, actor call, replica, reply) on the same kind of
@@ -47,22 +48,30 @@ def main() -> None:
         settings = load_settings(config)
         deploy.connect(settings)
         deploy.deploy(settings)
-        handle = deploy.handle(settings.models[0])
+        model = settings.models[0]
+        # One transport after the other: a front uses one, and with calls interleaved the
+        # actor calls' background work lands in the gRPC calls' time.
+        handles = {t: deploy.front_handle(model, load_settings(config, cluster={"transport": t}))
+                   for t in ("grpc", "actor")}  # fmt: skip
 
-        async def timed() -> list[float]:
-            for _ in range(20):  # warm-up: router, replica, connections
-                await handle.describe.remote()
-            times = []
-            for _ in range(args.calls):
-                started = time.perf_counter()
-                await handle.describe.remote()
-                times.append((time.perf_counter() - started) * 1000)
+        async def timed() -> dict[str, list[float]]:
+            for handle in handles.values():
+                for _ in range(20):  # warm-up: router, replica, connections
+                    await handle.describe.remote()
+            times: dict[str, list[float]] = {t: [] for t in handles}
+            for transport, handle in handles.items():
+                for _ in range(args.calls):
+                    started = time.perf_counter()
+                    await handle.describe.remote()
+                    times[transport].append((time.perf_counter() - started) * 1000)
             return times
 
-        times = sorted(asyncio.run(timed()))
-        print(f"Serve handle call of a no-op method, {args.calls} calls, one at a time, "
-              f"{os.cpu_count()} CPUs: median {statistics.median(times):.2f} ms, "
-              f"p90 {times[int(0.9 * len(times))]:.2f} ms, min {times[0]:.2f} ms")  # fmt: skip
+        print(f"Serve handle call of a no-op method, {args.calls} calls per transport, one at a "
+              f"time, {os.cpu_count()} CPUs:")  # fmt: skip
+        for transport, times in asyncio.run(timed()).items():
+            times.sort()
+            print(f"  {transport:5}: median {statistics.median(times):.2f} ms, "
+                  f"p90 {times[int(0.9 * len(times))]:.2f} ms, min {times[0]:.2f} ms")  # fmt: skip
     finally:
         cluster.stop()
         cluster.remove()

@@ -3,6 +3,8 @@ admission limits, and which changes Serve applies in place versus as a rolling u
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -48,7 +50,11 @@ def test_admission_and_placement_options() -> None:
     assert deployment["max_ongoing_requests"] == 2  # per replica
     assert deployment["max_queued_requests"] == 7  # per front
     assert deployment["num_replicas"] == 4
-    assert deployment["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
+    options = dict(deployment["ray_actor_options"])
+    # A job's pixels are one gRPC message; Serve's replicas take 4 MiB unless told otherwise.
+    grpc_limit = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
+    assert options.pop("runtime_env") == {"env_vars": grpc_limit}
+    assert options == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
     (classic,) = serve_config(load_settings(None))["applications"][0]["deployments"]
     assert classic["ray_actor_options"]["num_gpus"] == 0  # CPU engines reserve no GPU
 
@@ -96,3 +102,12 @@ def test_cli_prints_the_config() -> None:
     result = CliRunner().invoke(main, ["cluster-config", "--model", "klein=flux2-klein:org/w"])
     assert result.exit_code == 0, result.output
     assert '"import_path": "retouch.cluster.replica:build_application"' in result.output
+
+
+def test_a_front_imports_serve_only_when_it_attaches() -> None:
+    """Serve reads its gRPC message limit when it is imported; ``deploy.connect`` raises it
+    first (jobs of more than 4 MiB of pixels), so nothing a front loads before may import it."""
+    code = ("import sys, retouch.bootstrap, retouch.api.app, retouch.scheduler.ray, retouch.cluster.deploy; "
+            "print(sorted(m for m in sys.modules if m.startswith('ray.serve')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

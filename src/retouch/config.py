@@ -427,6 +427,12 @@ class ClusterSettings(_Group):
         "a replica that frees up may idle for up to that long; each try also probes the busy "
         "replicas, so a shorter cap costs CPU in the fronts and replicas while requests wait.",
     )  # fmt: skip
+    transport: Literal["grpc", "actor"] = Field(
+        "grpc",
+        description="How a front sends jobs to replicas: 'grpc' (Serve's direct gRPC channel "
+        "to each replica; about half the round trip of an actor call) or 'actor' (Ray actor "
+        "calls, arguments and results through the object store).",
+    )  # fmt: skip
 
 
 class Settings(BaseSettings):

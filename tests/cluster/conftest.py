@@ -32,7 +32,9 @@ def only_loopback() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def cluster_config(root: Path, ray_address: str, s3: SeaweedS3, database_url: str, name: str) -> Path:
+def cluster_config(
+    root: Path, ray_address: str, s3: SeaweedS3, database_url: str, name: str, transport: str = "grpc"
+) -> Path:
     path = root / f"{name}.toml"
     path.write_text(f"""
 data_dir = "{root / name}"
@@ -47,6 +49,7 @@ deadline_s = 60
 backend = "ray"
 address = "{ray_address}"
 deploy_timeout_s = 300
+transport = "{transport}"
 
 [storage]
 backend = "s3"
@@ -144,8 +147,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         fronts.append(a)
         a.wait_ready()
         before = sorted(replica_pids("echo", "echo"))
-        # The same config from a second front: submitting it again must restart nothing.
-        b = Front("b", cluster_config(root, ray.address, s3, database_url, "front-b"), env)
+        # The same config from a second front: submitting it again must restart nothing. It
+        # calls the replicas over the other transport (a front's own choice), so every test
+        # through b (the contract suite's live_server ones too) runs on Ray actor calls.
+        b = Front("b", cluster_config(root, ray.address, s3, database_url, "front-b", "actor"), env)
         fronts.append(b)
         b.wait_ready()
         yield Cluster(ray, s3, postgres, env, a, b, before, fronts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import signal
@@ -63,6 +64,20 @@ def test_both_fronts_spread_jobs_over_both_replicas_on_both_nodes(cluster: Clust
         assert r.json()["data"][0]["b64_json"]
     assert metric(cluster.a.url, "retouch_engine_seconds_count", model="echo") >= 1
     assert metric(cluster.a.url, "retouch_queue_wait_seconds_count", model="echo") >= 1
+
+
+def test_a_large_image_crosses_both_transports(cluster: Cluster) -> None:
+    """1536x1024 RGBA is 6 MiB of pixels each way: one message over gRPC (front a), where a
+    replica takes 4 MiB unless the deployment says more, and object-store values over actor
+    calls (front b)."""
+    for front in (cluster.a, cluster.b):
+        reply = httpx2.post(f"{front.url}/v1/images/edits", timeout=120,
+                            files={"image": ("a.png", png((1536, 1024), "RGBA"), "image/png")},
+                            data={"model": "echo", "prompt": "x", "size": "1536x1024"})  # fmt: skip
+        assert reply.status_code == 200, (front.name, reply.text)
+        assert "@" in reply.headers["x-retouch-replica"]
+        image = Image.open(io.BytesIO(base64.b64decode(reply.json()["data"][0]["b64_json"])))
+        assert image.size == (1536, 1024)
 
 
 def test_links_made_by_one_front_are_served_by_the_other(cluster: Cluster) -> None:

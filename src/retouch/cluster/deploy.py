@@ -18,6 +18,7 @@ removed, so a retouch cluster should not host other Serve applications.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,12 @@ from retouch.config import ModelSettings, Settings
 log = logging.getLogger(__name__)
 
 APP_IMPORT_PATH = "retouch.cluster.replica:build_application"
+# Over the gRPC transport a job's pixels, and its output's, are one message each way, and Serve
+# caps both ends at 4 MiB unless this variable says more (one 1536x1024 RGBA image is 6 MiB):
+# the replicas get it in their runtime_env, a front sets it before it imports Serve. The front
+# bounds the pixels already (limits.max_request_pixels, limits.max_output_pixels).
+GRPC_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's own ceiling
 # Placement and scaling go in the deployment options (in-place updates); everything else of a
 # model is the engine's own configuration and goes in ``args`` (a change rolls the replicas).
 _PLACEMENT_FIELDS = {
@@ -52,6 +59,7 @@ def deployment_options(model: ModelSettings, settings: Settings) -> dict[str, An
             "num_cpus": model.cpus_per_replica,
             "num_gpus": gpus(model),
             **({"resources": dict(model.ray_resources)} if model.ray_resources else {}),
+            "runtime_env": {"env_vars": {GRPC_LIMIT_VAR: str(GRPC_MAX_MESSAGE)}},  # see GRPC_LIMIT_VAR
         },
         "graceful_shutdown_timeout_s": settings.queue.deadline_s,
         # A request waiting for a busy replica: Serve's router retries it with a growing
@@ -91,6 +99,7 @@ def serve_config(settings: Settings) -> dict[str, Any]:
 
 def connect(settings: Settings) -> None:
     """Attach this process to the cluster (idempotent). Needs a Ray node on this host."""
+    os.environ.setdefault(GRPC_LIMIT_VAR, str(GRPC_MAX_MESSAGE))  # read when Serve is imported
     import ray
 
     if ray.is_initialized():
@@ -139,3 +148,10 @@ def handle(model: ModelSettings) -> Any:
     from ray import serve
 
     return serve.get_deployment_handle(model.name, app_name=model.name)
+
+
+def front_handle(model: ModelSettings, settings: Settings) -> Any:
+    """The handle a front calls ``model`` through, on the configured transport: Serve's gRPC
+    channel to each replica (``_by_reference=False``, Serve's own option for it) or Ray actor
+    calls."""
+    return handle(model).options(_by_reference=settings.cluster.transport == "actor")

@@ -1,12 +1,16 @@
 """``RayBackend``: the front's side of the Ray backend, one per model, calling the model's
 Serve deployment (``retouch.cluster``) through a handle.
 
-* A job with partial images goes through the replica's generator method: the first item
-  (``start``) arrives when a replica has taken the job, so the front learns which replica runs
-  it (the ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is
-  measured here, and the queue deadline bounds only the wait for a replica. A plain job is one
-  call of the replica's ``run`` (a stream item less: about a millisecond per request on a busy
-  host, ``bench/cluster.py``); its queue wait ends when Serve's router assigns it to a replica.
+* Transport (``cluster.transport``): by default the handle sends jobs over Serve's gRPC
+  channel to each replica (``_by_reference=False``), about half the round trip of a Ray actor
+  call (``bench/serve_rtt.py``); ``actor`` sends them as actor calls through the object store.
+* A job goes through the replica's generator method ``stream``: the first item (``start``)
+  arrives when a replica has taken the job, so the front learns which replica runs it (the
+  ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is measured
+  here, and the queue deadline bounds only the wait for a replica. On the actor transport a
+  plain job (no partial images) is instead one call of the replica's ``run``, a stream item
+  less; its queue wait ends when Serve's router assigns it to a replica. Over gRPC a unary call
+  cannot do that: the replica's acceptance reaches the router only with the result.
 * Admission is Serve's: ``max_ongoing_requests`` per replica, ``max_queued_requests`` per front
   (its handle). ``BackPressureError`` becomes our 429 with a ``Retry-After`` estimate; there is
   no second queue in the front: ``admit`` only counts this front's requests in flight (for
@@ -14,8 +18,9 @@ Serve deployment (``retouch.cluster``) through a handle.
   after decoding, and for a stream still before its first byte (``on_start``).
 * A client that goes away or a passed deadline calls ``cancel()`` on the stream (a timeout
   alone would leave the replica working); the replica stops the engine at its next step.
-* A replica that dies under a job fails it with ``ActorDiedError``: that becomes a 503 in
-  OpenAI's envelope, which the official SDKs retry; Serve routes the retry to a live replica.
+* A replica that dies under a job fails it with a ``RayActorError`` (``ActorDiedError``, or
+  ``ActorUnavailableError`` over gRPC): that becomes a 503 in OpenAI's envelope, which the
+  official SDKs retry; Serve routes the retry to a live replica.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ class RayBackend:
         self.observer = observer
         self._handle = handle.options(stream=True)
         self._unary = handle
+        # Over gRPC a unary call learns it was assigned only with its result (the replica's
+        # acceptance travels with the reply), so every job streams: the first item ("start")
+        # arrives once a replica has taken it. See the module docstring.
+        self._plain_is_unary = settings.cluster.transport == "actor"
         self.max_queue = settings.queue.max_queue
         self.run_deadline_s = model.run_deadline_s or settings.queue.run_deadline_s
         self.admitted = 0  # this front's tickets out (decoding, queued or running)
@@ -101,13 +110,14 @@ class RayBackend:
         on_partial: PartialSink | None = None,
         on_start: StartSink | None = None,
     ) -> EditOutput:
+        from grpc.aio import AioRpcError
         from ray.exceptions import RayActorError, RayTaskError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         if ticket.backend is not self or ticket.released:
             raise RuntimeError("run() needs a live ticket issued by this backend")
         try:
-            if on_partial is None:
+            if on_partial is None and self._plain_is_unary:
                 return await self._run_plain(job, ticket, deadline, on_start)
             return await self._run_stream(job, ticket, deadline, on_partial, on_start)
         except BackPressureError:
@@ -121,6 +131,9 @@ class RayBackend:
                 raise cause from None
             log.error("replica of %s failed: %s", self.model.name, exc)
             raise EngineFailed("The engine failed while processing the request.") from None
+        except AioRpcError as exc:  # the gRPC transport's own failures (Serve maps UNAVAILABLE)
+            log.error("gRPC call to a replica of %s failed: %s %s", self.model.name, exc.code(), exc.details())
+            raise EngineFailed("The call to the engine replica failed.") from None
         except (RayActorError, DeploymentUnavailableError) as exc:
             log.warning("engine replica of %s lost during a request: %s", self.model.name, exc)
             raise ServiceUnavailable(
@@ -131,10 +144,10 @@ class RayBackend:
     async def _run_plain(
         self, job: EditJob, ticket: Ticket, deadline: float, on_start: StartSink | None
     ) -> EditOutput:
-        """A job without partial images: one call of the replica's ``run``. The queue wait
-        ends when Serve's router has assigned it to a replica (``_to_object_ref``, Serve's
-        developer API, resolves then: ``on_start(None)``); the replica names itself in the
-        result (``EditOutput.replica``)."""
+        """A job without partial images on the actor transport: one call of the replica's
+        ``run``. The queue wait ends when Serve's router has assigned it to a replica
+        (``_to_object_ref``, Serve's developer API, resolves then: ``on_start(None)``); the
+        replica names itself in the result (``EditOutput.replica``)."""
         response = self._unary.run.remote(job, request_id_var.get(), self.run_deadline_s)
         started = False
         try:
@@ -161,11 +174,11 @@ class RayBackend:
         job: EditJob,
         ticket: Ticket,
         deadline: float,
-        on_partial: PartialSink,
+        on_partial: PartialSink | None,
         on_start: StartSink | None,
     ) -> EditOutput:
-        """A job with partial images: the replica's generator ``stream``; its first item
-        (``start``, naming the replica) ends the queue wait."""
+        """A job through the replica's generator ``stream``; its first item (``start``,
+        naming the replica) ends the queue wait."""
         stream = self._handle.stream.remote(job, request_id_var.get(), self.run_deadline_s)
         started = False
         try:
@@ -239,10 +252,12 @@ class RayBackend:
 def _from_ray(exc: BaseException) -> bool:
     """An error Ray raised for the call itself (refused, failed, replica lost): nothing to
     cancel."""
+    from grpc.aio import AioRpcError
     from ray.exceptions import RayActorError, RayTaskError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    return isinstance(exc, BackPressureError | RayTaskError | RayActorError | DeploymentUnavailableError)
+    failures = BackPressureError | RayTaskError | RayActorError | DeploymentUnavailableError | AioRpcError
+    return isinstance(exc, failures)
 
 
 async def attach(settings: Settings, *, observer: JobObserver | None = None) -> dict[str, RayBackend]:
@@ -257,7 +272,7 @@ async def attach(settings: Settings, *, observer: JobObserver | None = None) -> 
         await asyncio.to_thread(deploy.wait_running, settings, settings.cluster.deploy_timeout_s)
     backends: dict[str, RayBackend] = {}
     for model in deploy.cluster_models(settings):
-        handle = deploy.handle(model)
+        handle = deploy.front_handle(model, settings)
         described = await handle.describe.remote()
         backends[model.name] = RayBackend(model, settings, handle, described["info"], observer=observer)
     return backends
