@@ -9,15 +9,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from grpc import StatusCode
-from grpc.aio import AioRpcError, Metadata
-from ray.exceptions import ActorUnavailableError
-from ray.serve.exceptions import BackPressureError
 
 from retouch.config import load_settings
 from retouch.engine.types import EditJob
 from retouch.errors import EngineFailed, QueueFull, RetouchError, ServiceUnavailable
 from retouch.scheduler.ray import RayBackend
+
+pytest.importorskip("ray.serve")  # (its import warns about pydantic; importorskip mutes that)
+from grpc import StatusCode
+from grpc.aio import AioRpcError, Metadata
+from ray.exceptions import ActorUnavailableError
+from ray.serve.exceptions import BackPressureError
 
 
 class FailingCall:
