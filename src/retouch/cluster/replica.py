@@ -8,8 +8,10 @@ flag, the engine stops at its next step, and the method returns only once its th
 finished, so the replica never runs more jobs than ``max_ongoing_requests``.
 
 Each result names the replica (``<replica tag>@<node id prefix>``), which the front sends back
-in the ``x-retouch-replica`` header. Streams go through ``stream`` (a generator: its first item
-names the replica before any partial image); plain requests through ``run``, one call.
+in the ``x-retouch-replica`` header. Jobs go through ``stream`` (a generator: its first item
+names the replica before any partial image; a job without partial images just awaits the
+engine between its two items); on the actor transport plain requests go through ``run``, one
+call (see ``retouch.scheduler.ray``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class EngineReplica:
             loop.call_soon_threadsafe(queue.put_nowait, (image, index))
 
         yield ("start", self.replica)
+        if job.partial_images == 0:  # nothing to interleave with the engine: one await
+            yield ("final", await self._run_whole(job, request_id, run_deadline_s))
+            return
         task = asyncio.ensure_future(self._run(job, sink, run_deadline_s))
         try:
             while True:
@@ -92,12 +97,17 @@ class EngineReplica:
         a round trip; here the front learns of the assignment from Serve's router instead
         (``RayBackend``). A cancellation reaches the engine through ``_run``."""
         started = time.monotonic()
+        output = await self._run_whole(job, request_id, run_deadline_s)
+        return self.replica, output, time.monotonic() - started
+
+    async def _run_whole(self, job: EditJob, request_id: str | None, run_deadline_s: float | None) -> EditOutput:
+        """A job without partial images; a cancellation (the caller went away) returns only
+        once the engine thread has stopped (``_run``)."""
         try:
-            output = await self._run(job, None, run_deadline_s)
+            return await self._run(job, None, run_deadline_s)
         except asyncio.CancelledError:
             log.info("request %s cancelled; its engine thread has stopped", request_id)
             raise
-        return self.replica, output, time.monotonic() - started
 
     async def _run(
         self, job: EditJob, sink: Callable[[Pixels, int], None] | None, run_deadline_s: float | None
@@ -173,17 +183,16 @@ def _log_to_stderr() -> None:
 
 
 def _replica_name() -> str:
-    from ray import get_runtime_context, serve
+    import ray
+    from ray import serve
 
+    if not ray.is_initialized():  # constructed outside Serve (tests of the class itself);
+        return "local@none"  # asking Ray for the node would start a local Ray instance
     try:
         tag = serve.get_replica_context().replica_tag
-    except Exception:  # constructed outside Serve (tests of the class itself)
-        tag = "local"
-    try:
-        node = get_runtime_context().get_node_id()[:8]
     except Exception:
-        node = "none"
-    return f"{tag}@{node}"
+        tag = "local"
+    return f"{tag}@{ray.get_runtime_context().get_node_id()[:8]}"
 
 
 def build_application(args: dict[str, Any]) -> Any:
