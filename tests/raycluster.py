@@ -23,6 +23,9 @@ def ray_env(extra_path: str) -> dict[str, str]:
         # Replicas import retouch from this checkout (a deployment ships it in the image).
         "PYTHONPATH": os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p),
         "RAY_DEDUP_LOGS": "0",
+        # A loopback-only test cluster: no token auth, whatever ~/.ray/auth_token a local
+        # ray.init() elsewhere on the machine left (else the drivers' and the GCS's differ).
+        "RAY_AUTH_MODE": "disabled",
         "PYTHONUNBUFFERED": "1",  # so "Ray runtime started." reaches the log file at once
     })  # fmt: skip
     return env
