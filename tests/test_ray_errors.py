@@ -29,9 +29,6 @@ class FailingCall:
         self.error = error
         self.cancelled = False
 
-    def __aiter__(self) -> FailingCall:
-        return self
-
     async def __anext__(self) -> Any:
         raise self.error
 

@@ -60,16 +60,16 @@ class EngineReplica:
     ) -> AsyncIterator[StreamItem]:
         """Generator method (the front calls it with ``handle.options(stream=True)``);
         ``request_id`` is the front's, for log lines that can be joined across the cluster."""
+        yield ("start", self.replica)
+        if job.partial_images == 0:  # nothing to interleave with the engine: one await
+            yield ("final", await self._run_whole(job, request_id, run_deadline_s))
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Pixels, int]] = asyncio.Queue()
 
         def sink(image: Pixels, index: int) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, (image, index))
 
-        yield ("start", self.replica)
-        if job.partial_images == 0:  # nothing to interleave with the engine: one await
-            yield ("final", await self._run_whole(job, request_id, run_deadline_s))
-            return
         task = asyncio.ensure_future(self._run(job, sink, run_deadline_s))
         try:
             while True:
