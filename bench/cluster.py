@@ -6,7 +6,8 @@ spent sleeping, so a replica costs no CPU while it "computes"). One Ray head (ow
 ports) with N fake GPUs; one ``retouch serve`` front attached to it; this process is the
 deployer and changes the replica count in place between runs. Clients send small PNG edits over
 HTTP with 2 x N requests in flight. A second front with the local backend gives the baseline
-latency (one request at a time, same engine time).
+latency: one request at a time, same engine time, alternating between the two fronts so that
+the host's drift over the run lands on both alike.
 
 Ray binds every interface: run it inside a loopback-only network namespace (as root):
 
@@ -104,6 +105,32 @@ async def load(url: str, concurrency: int, seconds: float) -> tuple[int, list[fl
     return done, latencies, failed
 
 
+async def alternate(urls: list[str], seconds: float) -> list[list[float]]:
+    """One request at a time, taking the fronts in turn: each front's latencies."""
+    image = png()
+    latencies: list[list[float]] = [[] for _ in urls]
+    clients = [httpx.AsyncClient(base_url=url, timeout=120) for url in urls]
+    try:
+        stop_at = time.monotonic() + seconds
+        while time.monotonic() < stop_at:
+            for client, times in zip(clients, latencies, strict=True):
+                t = time.perf_counter()
+                reply = await client.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
+                                          files={"image": ("a.png", image, "image/png")})  # fmt: skip
+                if reply.status_code == 200:
+                    times.append(time.perf_counter() - t)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return latencies
+
+
+def paired_medians(local_url: str, ray_url: str, seconds: float) -> tuple[float, float]:
+    asyncio.run(alternate([local_url, ray_url], min(2.0, seconds)))  # warm-up
+    local, ray = asyncio.run(alternate([local_url, ray_url], 2 * seconds))
+    return statistics.median(local), statistics.median(ray)
+
+
 def measure(url: str, concurrency: int, seconds: float) -> tuple[float, float, int]:
     asyncio.run(load(url, concurrency, min(2.0, seconds)))  # warm-up (connections, routers)
     started = time.monotonic()
@@ -149,8 +176,7 @@ def main() -> None:
         local, local_url = start_front(local_config, cluster.env)
         fronts.append(local)
 
-        _, local_median, _ = measure(local_url, 1, args.seconds)
-        _, ray_median, _ = measure(ray_url, 1, args.seconds)
+        local_median, ray_median = paired_medians(local_url, ray_url, args.seconds)
         rows = []
         for n in counts:
             deploy.deploy(load_settings(ray_config, models=[

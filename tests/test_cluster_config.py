@@ -19,6 +19,8 @@ from ray.serve._private.deploy_utils import get_app_code_version
 from ray.serve.config import RequestRouterConfig
 from ray.serve.schema import ServeDeploySchema
 
+from retouch.cluster.routing import FreeReplicaFirstRouter
+
 
 def config(**model: Any) -> dict[str, Any]:
     fields = {"name": "klein", "engine": "flux2-klein", "weights": "org/w", **model}
@@ -51,21 +53,25 @@ def test_admission_and_placement_options() -> None:
     assert deployment["max_queued_requests"] == 7  # per front
     assert deployment["num_replicas"] == 4
     options = dict(deployment["ray_actor_options"])
-    # A job's pixels are one gRPC message; Serve's replicas take 4 MiB unless told otherwise.
-    grpc_limit = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1)}
-    assert options.pop("runtime_env") == {"env_vars": grpc_limit}
+    assert options.pop("runtime_env") == {"env_vars": {
+        # A job's pixels are one gRPC message; Serve's replicas take 4 MiB unless told otherwise.
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
+        # Methods on the replica's main loop; Serve's logs to their files only, not to stderr.
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
+    }}  # fmt: skip
     assert options == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
     (classic,) = serve_config(load_settings(None))["applications"][0]["deployments"]
     assert classic["ray_actor_options"]["num_gpus"] == 0  # CPU engines reserve no GPU
 
 
-def test_the_routers_backoff_for_a_busy_deployment_is_capped() -> None:
+def test_the_deployments_route_with_retouchs_router_and_a_capped_backoff() -> None:
     """Serve's router backs off to 0.5 s by default; the config caps it at
-    router_max_backoff_s, which Serve's own schema accepts."""
+    router_max_backoff_s. Serve's own schema accepts both, and imports the router class."""
     settings = load_settings(None, cluster={"router_max_backoff_s": 0.02})
     cfg = serve_config(settings)
     options = ServeDeploySchema.model_validate(cfg).applications[0].deployments[0]
     router = RequestRouterConfig.model_validate(options.request_router_config)
+    assert router.get_request_router_class() is FreeReplicaFirstRouter
     assert router.max_backoff_s == 0.02
     assert (router.initial_backoff_s, router.backoff_multiplier) == (0.025, 2)  # Serve's own
 

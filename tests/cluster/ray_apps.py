@@ -104,9 +104,9 @@ class RayApps:
         monkeypatch.setattr(RayBackend, "run", run)
 
     def _handle(self, model: Any) -> Any:
-        from ray import serve
+        from ray.serve.handle import DeploymentHandle
 
-        return serve.get_deployment_handle(model.name, app_name=self.names[model.name])
+        return DeploymentHandle(model.name, app_name=self.names[model.name])  # fresh, as deploy.handle
 
     def build(self, settings: Settings, *, engines: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         from retouch.bootstrap import build_app

@@ -5,7 +5,9 @@ method Serve runs in its thread pool: Serve frees a cancelled *sync* method's sl
 thread keeps running, so the next job would start on a GPU that is still busy. Here a
 cancellation (the front's ``response.cancel()``, a client that went away) sets the job's cancel
 flag, the engine stops at its next step, and the method returns only once its thread has
-finished, so the replica never runs more jobs than ``max_ongoing_requests``.
+finished, so the replica never runs more jobs than ``max_ongoing_requests``. The methods run on the
+replica's main event loop, the one Serve's own server runs on (``deploy.REPLICA_ENV``), so none
+may block: only ``__init__`` does (loading the engine, before the replica takes requests).
 
 Each result names the replica (``<replica tag>@<node id prefix>``), which the front sends back
 in the ``x-retouch-replica`` header. Jobs go through ``stream`` (a generator: its first item

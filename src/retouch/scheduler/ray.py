@@ -4,6 +4,8 @@ Serve deployment (``retouch.cluster``) through a handle.
 * Transport (``cluster.transport``): by default the handle sends jobs over Serve's gRPC
   channel to each replica (``_by_reference=False``), about half the round trip of a Ray actor
   call (``bench/serve_rtt.py``); ``actor`` sends them as actor calls through the object store.
+  Either way the handle's router runs on the front's event loop (``deploy.front_handle``), not
+  in a thread of its own: a call crosses no thread on its way out or back.
 * A job goes through the replica's generator method ``stream``: the first item (``start``)
   arrives when a replica has taken the job, so the front learns which replica runs it (the
   ``x-retouch-replica`` header, sent before a stream's first byte), the queue wait is measured
@@ -49,6 +51,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _REPLICA_GRACE_S = 30.0  # beyond the run deadline, for the replica's own RunTimeout to arrive
+_ROUTER_SHUTDOWN_S = 5.0  # its last metrics push to Serve's controller
 
 
 class RayBackend:
@@ -245,8 +248,14 @@ class RayBackend:
             self.observer.engine_ran(self.model.name, seconds)
 
     async def close(self) -> None:
-        """Nothing to free here: the replicas belong to the cluster, not to this front."""
+        """Stops this front's router (it runs on the front's loop); the replicas belong to the
+        cluster, not to this front."""
         self._closed = True
+        try:
+            async with asyncio.timeout(_ROUTER_SHUTDOWN_S):
+                await self._unary.shutdown_async()
+        except Exception as exc:  # the cluster may be gone already: nothing left to stop
+            log.warning("router of %s not shut down cleanly: %r", self.model.name, exc)
 
 
 def _from_ray(exc: BaseException) -> bool:
