@@ -81,6 +81,13 @@ def png() -> bytes:
     return buf.getvalue()
 
 
+async def edit(client: httpx.AsyncClient, image: bytes) -> bool:
+    """One small edit; whether it succeeded."""
+    reply = await client.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
+                              files={"image": ("a.png", image, "image/png")})  # fmt: skip
+    return reply.status_code == 200
+
+
 async def load(url: str, concurrency: int, seconds: float) -> tuple[int, list[float], int]:
     """Closed loop: ``concurrency`` clients, each sending its next edit when one returns."""
     image = png()
@@ -93,9 +100,7 @@ async def load(url: str, concurrency: int, seconds: float) -> tuple[int, list[fl
             nonlocal done, failed
             while time.monotonic() < stop_at:
                 t = time.perf_counter()
-                reply = await client.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
-                                          files={"image": ("a.png", image, "image/png")})  # fmt: skip
-                if reply.status_code == 200:
+                if await edit(client, image):
                     done += 1
                     latencies.append(time.perf_counter() - t)
                 else:
@@ -115,9 +120,7 @@ async def alternate(urls: list[str], seconds: float) -> list[list[float]]:
         while time.monotonic() < stop_at:
             for client, times in zip(clients, latencies, strict=True):
                 t = time.perf_counter()
-                reply = await client.post("/v1/images/edits", data={"model": "echo", "prompt": "x"},
-                                          files={"image": ("a.png", image, "image/png")})  # fmt: skip
-                if reply.status_code == 200:
+                if await edit(client, image):
                     times.append(time.perf_counter() - t)
     finally:
         for client in clients:

@@ -3,7 +3,7 @@ way a front calls, one at a time, on a single-node cluster (own temp dir and por
 
 Two calls: ``describe``, a method that does nothing (Serve alone: router, transport, replica,
 reply), and ``stream`` of a small plain job on an engine that takes no time (what a front's
-job costs besides the engine). Four set-ups, interleaved in short blocks so that the host's
+job costs besides the engine). Three set-ups, interleaved in short blocks so that the host's
 drift lands on all of them alike:
 
 * ``retouch``: what a front uses (``deploy.front_handle``, replicas with ``deploy.REPLICA_ENV``):

@@ -33,13 +33,15 @@ APP_IMPORT_PATH = "retouch.cluster.replica:build_application"
 # bounds the pixels already (limits.max_request_pixels, limits.max_output_pixels).
 GRPC_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
 GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's own ceiling
-# One hop pair less per call on each side, both settings of Serve's throughput-optimized mode
-# (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken one by one because the mode also makes every replica
-# open ports of its own (direct ingress) and holds access-log lines back. Replicas run their
-# methods on the replica's main loop instead of a thread of their own: the methods are async
-# and never block (the engine runs in the replica's pool), so nothing waits behind them. A
-# front's router runs on the front's own loop (``front_handle``). Each saves about 0.6 ms of a
-# job's round trip on a 2-core host (``bench/serve_rtt.py`` measures both on and off).
+# The replicas' environment. Besides the message limit, two settings of Serve's
+# throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken one by one because the mode
+# also makes every replica open ports of its own (direct ingress) and holds access-log lines
+# back. Replicas run their methods on their main loop instead of a thread of their own: the
+# methods are async and never block (the engine runs in the replica's pool), so nothing waits
+# behind them; with the front's router on the front's own loop (``front_handle``) that saves
+# 1.4-1.9 ms of a job's round trip on a 2-core host (``bench/serve_rtt.py`` measures both on
+# and off). Serve's own log lines go to the replica's log files only: through stderr, Ray's log
+# monitor would also read each one and publish it to the GCS for drivers that never print it.
 REPLICA_ENV = {
     GRPC_LIMIT_VAR: str(GRPC_MAX_MESSAGE),
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",

@@ -52,6 +52,8 @@ class FreeReplicaFirstRouter(FIFOMixin, LocalityMixin, MultiplexMixin, RequestRo
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
+        # Like Serve's own router, this draws from its locality and multiplexing rules rather
+        # than from ``candidate_replicas`` (every replica), and re-reads the live set after a wait.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PROBE_AFTER_S
         while True:
