@@ -7,10 +7,14 @@ job costs besides the engine). Three set-ups, interleaved in short blocks so tha
 drift lands on all of them alike:
 
 * ``retouch``: what a front uses (``deploy.front_handle``, replicas with ``deploy.REPLICA_ENV``):
-  Serve's gRPC channel, the router on the caller's loop, replica methods on the replica's loop;
-* ``serve-default``: the same gRPC channel with Serve's default threads (a router thread in
-  the caller, a user-code thread in the replica), on a second application;
-* ``actor``: ``cluster.transport = "actor"`` (Ray actor calls), otherwise as ``retouch``.
+  Serve's gRPC channel, the router on the caller's loop, replica methods on the replica's loop,
+  standard pickles on the wire;
+* ``serve-default``: the same gRPC channel with Serve's defaults (a router thread in the
+  caller, a user-code thread in the replica, cloudpickle), on a second application;
+* ``actor``: ``cluster.transport = "actor"`` (Ray actor calls), otherwise as ``retouch``;
+* ``grpc-raw``: the transport alone, no Serve: a gRPC (asyncio) server in a child process
+  answering the same calls' shapes with the same bytes (``describe``: one reply; ``stream``:
+  the pickled job in, two replies out), so the difference is what Serve's request path costs.
 
 ``bench/cluster.py`` reports what the Ray backend adds to a whole edit compared with the local
 backend. Ray binds every interface: run it inside a loopback-only network namespace (as root):
@@ -22,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import pickle
 import socket
 import statistics
 import sys
@@ -37,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.processes import free_ports  # noqa: E402
 from tests.raycluster import RayCluster  # noqa: E402
 
 from retouch.cluster import deploy  # noqa: E402
@@ -58,6 +65,58 @@ options = {{ delay_s = 0, steps = 1 }}
     return f'data_dir = "{data_dir}"\nlog_level = "warning"\n[cluster]\nbackend = "ray"\naddress = "{address}"\n{models}'
 
 
+_RAW = "/retouch.bench.Raw/"  # the bare gRPC service: bytes in, bytes out, no Serve
+
+
+def _raw_server(port: int, ready: Any) -> None:
+    import grpc
+
+    async def describe(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def stream(request: bytes, context: Any) -> Any:
+        yield pickle.dumps(("start", "raw"))
+        yield request  # the job's size back, as the output's pixels would be
+
+    def same(data: bytes) -> bytes:
+        return data
+
+    handlers = grpc.method_handlers_generic_handler("retouch.bench.Raw", {
+        "Describe": grpc.unary_unary_rpc_method_handler(describe, same, same),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream, same, same),
+    })  # fmt: skip
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handlers,))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def raw_calls(port: int, job: EditJob) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """The ``grpc-raw`` calls (made inside the running loop): pickled in, pickled out."""
+    import grpc
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    describe = channel.unary_unary(_RAW + "Describe")
+    stream = channel.unary_stream(_RAW + "Stream")
+    small = pickle.dumps({"info": None, "replica": "raw"})
+    job_bytes = pickle.dumps(((job, "bench", 60.0), {}), protocol=5)
+
+    async def one() -> Any:
+        return pickle.loads(await describe(small))
+
+    async def two() -> None:
+        async for item in stream(job_bytes):
+            pickle.loads(item)
+
+    return {"describe": one, "stream": two}
+
+
 def deploy_apps(settings: Settings) -> None:
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
@@ -69,16 +128,17 @@ def deploy_apps(settings: Settings) -> None:
     deploy.wait_running(settings, 300)
 
 
-async def timed(settings: Settings, blocks: int) -> dict[str, list[float]]:
+async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, list[float]]:
     echo, default = settings.models
     actor = settings.model_copy(update={"cluster": settings.cluster.model_copy(update={"transport": "actor"})})
     handles = {
         "retouch": deploy.front_handle(echo, settings),
-        "serve-default": deploy.front_handle(default, settings, router_on_this_loop=False),
+        "serve-default": deploy.front_handle(default, settings, router_on_this_loop=False).options(
+            request_serialization="cloudpickle", response_serialization="cloudpickle"),  # fmt: skip
         "actor": deploy.front_handle(echo, actor),
     }
     job = EditJob(prompt="x", images=(np.zeros((64, 64, 3), np.uint8),), mask=None, size=(64, 64), n=1,
-                  quality="auto", input_fidelity="low", background="auto", partial_images=0)  # fmt: skip
+                  quality="high", input_fidelity="low", background="auto", partial_images=0)  # fmt: skip
 
     def calls(handle: Any) -> dict[str, Callable[[], Awaitable[Any]]]:
         streaming = handle.options(stream=True)
@@ -90,6 +150,7 @@ async def timed(settings: Settings, blocks: int) -> dict[str, list[float]]:
         return {"describe": lambda: handle.describe.remote(), "stream": stream}
 
     variants = {f"{name:13} {call:8}": fn for name, h in handles.items() for call, fn in calls(h).items()}
+    variants.update({f"{'grpc-raw':13} {call:8}": fn for call, fn in raw_calls(raw_port, job).items()})
     for fn in variants.values():
         for _ in range(20):  # warm-up: routers, replicas, connections
             await fn()
@@ -110,6 +171,13 @@ def main() -> None:
     if [n for _, n in socket.if_nameindex()] != ["lo"]:
         sys.exit("run inside a loopback-only network namespace (see the docstring)")
     root = Path(tempfile.mkdtemp(prefix="rtbench-rtt-"))
+    (raw_port,) = free_ports(1)
+    spawn = multiprocessing.get_context("spawn")  # before Ray: nothing of it in the child
+    ready = spawn.Event()
+    raw = spawn.Process(target=_raw_server, args=(raw_port, ready), daemon=True)
+    raw.start()
+    if not ready.wait(60):
+        sys.exit("the bare gRPC server did not start")
     cluster = RayCluster(root, str(ROOT / "src"))
     os.environ.update({k: v for k, v in cluster.env.items() if k.startswith("RAY_")})
     try:
@@ -119,7 +187,7 @@ def main() -> None:
         settings = load_settings(config)
         deploy.connect(settings)
         deploy_apps(settings)
-        times = asyncio.run(timed(settings, args.blocks))
+        times = asyncio.run(timed(settings, args.blocks, raw_port))
         print(f"Serve handle calls, one at a time, {5 * args.blocks} per variant, interleaved, "
               f"{os.cpu_count()} CPUs (ms):")  # fmt: skip
         for key, values in times.items():
@@ -129,6 +197,8 @@ def main() -> None:
     finally:
         cluster.stop()
         cluster.remove()
+        raw.terminate()
+        raw.join(10)
 
 
 if __name__ == "__main__":

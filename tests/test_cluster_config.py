@@ -56,8 +56,10 @@ def test_admission_and_placement_options() -> None:
     assert options.pop("runtime_env") == {"env_vars": {
         # A job's pixels are one gRPC message; Serve's replicas take 4 MiB unless told otherwise.
         "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2**31 - 1),
-        # Methods on the replica's main loop; Serve's logs to their files only, not to stderr.
+        # Methods on the replica's main loop; Serve's logs to their files only, not to stderr;
+        # the collector frozen once the engine has loaded.
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_LOG_TO_STDERR": "0",
+        "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
     }}  # fmt: skip
     assert options == {"num_cpus": 1.0, "num_gpus": 1.0, "resources": {"a100": 1.0}}
     (classic,) = serve_config(load_settings(None))["applications"][0]["deployments"]

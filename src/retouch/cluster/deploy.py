@@ -33,7 +33,7 @@ APP_IMPORT_PATH = "retouch.cluster.replica:build_application"
 # bounds the pixels already (limits.max_request_pixels, limits.max_output_pixels).
 GRPC_LIMIT_VAR = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
 GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's own ceiling
-# The replicas' environment. Besides the message limit, two settings of Serve's
+# The replicas' environment. Besides the message limit, three settings of Serve's
 # throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED), taken one by one because the mode
 # also makes every replica open ports of its own (direct ingress) and holds access-log lines
 # back. Replicas run their methods on their main loop instead of a thread of their own: the
@@ -42,12 +42,17 @@ GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's own ceiling
 # 1.4-1.9 ms of a job's round trip on a 2-core host (``bench/serve_rtt.py`` measures both on
 # and off). Serve's own log lines go to the replica's log files only: through stderr, Ray's log
 # monitor would also read each one and publish it to the GCS for drivers that never print it.
+# Once the engine has loaded, Serve freezes the garbage collector's view of what is there
+# (``gc.freeze``): a loaded pipeline is millions of long-lived objects that each full
+# collection would otherwise walk again, in the middle of a request.
 REPLICA_ENV = {
     GRPC_LIMIT_VAR: str(GRPC_MAX_MESSAGE),
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_LOG_TO_STDERR": "0",
+    "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
 }
 ROUTER_IMPORT_PATH = "retouch.cluster.routing:FreeReplicaFirstRouter"  # imported by Serve, not here
+WIRE_PICKLE = "pickle"  # Serve's name for standard pickling of a gRPC call (``front_handle``)
 # Placement and scaling go in the deployment options (in-place updates); everything else of a
 # model is the engine's own configuration and goes in ``args`` (a change rolls the replicas).
 _PLACEMENT_FIELDS = {
@@ -176,7 +181,13 @@ def front_handle(model: ModelSettings, settings: Settings, *, router_on_this_loo
     channel to each replica (``_by_reference=False``, Serve's own option for it) or Ray actor
     calls. Its router runs on the calling event loop (see ``REPLICA_ENV``), so call this in the
     loop that will use the handle; ``router_on_this_loop=False`` keeps Serve's default, a
-    router thread shared by the process (``bench/serve_rtt.py`` compares the two)."""
+    router thread shared by the process (``bench/serve_rtt.py`` compares the two).
+
+    Over gRPC the arguments and results travel as standard pickles instead of Serve's default,
+    cloudpickle: a job and its output are plain data (arrays, dataclasses and errors of importable
+    modules), which the C pickler writes without cloudpickle's per-object Python hook."""
     fresh = handle(model)
     fresh._init(_run_router_in_separate_loop=not router_on_this_loop)
-    return fresh.options(_by_reference=settings.cluster.transport == "actor")
+    if settings.cluster.transport == "actor":
+        return fresh.options(_by_reference=True)
+    return fresh.options(_by_reference=False, request_serialization=WIRE_PICKLE, response_serialization=WIRE_PICKLE)
