@@ -7,10 +7,9 @@ job costs besides the engine). Three set-ups, interleaved in short blocks so tha
 drift lands on all of them alike:
 
 * ``retouch``: what a front uses (``deploy.front_handle``, replicas with ``deploy.REPLICA_ENV``):
-  Serve's gRPC channel, the router on the caller's loop, replica methods on the replica's loop,
-  standard pickles on the wire;
-* ``serve-default``: the same gRPC channel with Serve's defaults (a router thread in the
-  caller, a user-code thread in the replica, cloudpickle), on a second application;
+  Serve's gRPC channel, the router on the caller's loop, replica methods on the replica's loop;
+* ``serve-default``: the same gRPC channel with Serve's default threads (a router thread in
+  the caller, a user-code thread in the replica), on a second application;
 * ``actor``: ``cluster.transport = "actor"`` (Ray actor calls), otherwise as ``retouch``;
 * ``grpc-raw``: the transport alone, no Serve: a gRPC (asyncio) server in a child process
   answering the same calls' shapes with the same bytes (``describe``: one reply; ``stream``:
@@ -133,8 +132,7 @@ async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, lis
     actor = settings.model_copy(update={"cluster": settings.cluster.model_copy(update={"transport": "actor"})})
     handles = {
         "retouch": deploy.front_handle(echo, settings),
-        "serve-default": deploy.front_handle(default, settings, router_on_this_loop=False).options(
-            request_serialization="cloudpickle", response_serialization="cloudpickle"),  # fmt: skip
+        "serve-default": deploy.front_handle(default, settings, router_on_this_loop=False),
         "actor": deploy.front_handle(echo, actor),
     }
     job = EditJob(prompt="x", images=(np.zeros((64, 64, 3), np.uint8),), mask=None, size=(64, 64), n=1,

@@ -144,10 +144,12 @@ def build_app(
     *,
     engines: dict[str, Engine] | None = None,
     gate_factory: GateFactory = open_gate,
+    after_start: Callable[[], None] | None = None,
 ) -> Starlette:
     """The ASGI app. ``engines``: already loaded engines by model name (``retouch serve``
     loads them before the server starts; tests inject fakes this way); the others are built
-    and loaded at start-up.
+    and loaded at start-up. ``after_start`` runs once the services are up, before the server
+    takes its first request.
 
     Safe by default: without keys (the open gate, or a database gate holding none) the app
     refuses to serve on a non-loopback ``settings.host`` unless ``settings.insecure``."""
@@ -160,6 +162,8 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await start_services(settings, engines or {}, gate_factory, metrics)
         app.state.services = services
+        if after_start is not None:
+            after_start()
         sweeper = asyncio.create_task(sweep_blobs(services))
         try:
             yield

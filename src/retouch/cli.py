@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,6 @@ def serve(
     insecure: bool | None,
 ) -> None:
     """Start the HTTP server."""
-    import gc
-
     import uvicorn
 
     from retouch.api.server import server_config
@@ -63,7 +62,7 @@ def serve(
         raise click.ClickException(f"accounts database: {exc}") from None
     # With the Ray backend the engines load in the cluster's replicas, not in this front.
     engines = load_engines(settings) if settings.cluster.backend == "local" else {}
-    app = build_app(settings, engines=engines, gate_factory=database_gate)
+    app = build_app(settings, engines=engines, gate_factory=database_gate, after_start=freeze_collector)
     served = ", ".join(
         f"{m.name} ({m.engine}{': ' + m.weights if m.weights else ''})" for m in settings.models
     )
@@ -74,12 +73,17 @@ def serve(
         + ("API keys required" if has_keys else "no API keys: serving open"),
         err=True,
     )
-    # What is loaded now (modules, engines) lives as long as the process: frozen, it is left out
-    # of the collector's full passes, which otherwise scan it all (about 130 ms here with only
-    # the built-in engines) and stall every request in flight (see README, saturation).
+    uvicorn.Server(server_config(app, settings)).run()
+
+
+def freeze_collector() -> None:
+    """What is loaded once the server has started (modules, engines, a front's Ray client)
+    lives as long as the process: frozen, it is left out of the collector's full passes, which
+    otherwise walk it all and stall every request in flight. On this project's 2-core host a
+    full pass took about 160 ms with the built-in engines, 300 ms with Ray Serve loaded and
+    450 ms with torch and diffusers (``bench/gc_pause.py``; README, saturation)."""
     gc.collect()
     gc.freeze()
-    uvicorn.Server(server_config(app, settings)).run()
 
 
 @main.command("cluster-config")

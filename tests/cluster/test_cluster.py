@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
 import signal
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,34 +78,6 @@ def test_a_large_image_crosses_both_transports(cluster: Cluster) -> None:
         assert "@" in reply.headers["x-retouch-replica"]
         image = Image.open(io.BytesIO(base64.b64decode(reply.json()["data"][0]["b64_json"])))
         assert image.size == (1536, 1024)
-
-
-def test_grpc_calls_carry_standard_pickles_and_actor_calls_go_by_reference(cluster: Cluster) -> None:
-    """Front a calls over gRPC, front b over actor calls: a job and its output are plain data,
-    so over gRPC they cross as standard pickles, not cloudpickles (``deploy.front_handle``)."""
-    from retouch.cluster import deploy
-    from retouch.config import load_settings
-
-    with warnings.catch_warnings():  # Ray's own imports warn (pydantic v1-style Fields)
-        warnings.simplefilter("ignore")
-        import ray.serve  # noqa: F401
-
-    async def through(config: Any) -> tuple[Any, dict[str, Any]]:
-        settings = load_settings(config)
-        deploy.connect(settings)
-        handle = deploy.front_handle(settings.models[0], settings)
-        try:
-            return handle.handle_options, await handle.describe.remote()
-        finally:
-            await handle.shutdown_async()
-
-    grpc, described = asyncio.run(through(cluster.a.config))
-    assert (grpc._by_reference, grpc.request_serialization, grpc.response_serialization) == (
-        False, "pickle", "pickle")  # fmt: skip
-    assert described["info"].name == "echo"
-    actor, described = asyncio.run(through(cluster.b.config))
-    assert actor._by_reference is True
-    assert "@" in described["replica"]
 
 
 def test_links_made_by_one_front_are_served_by_the_other(cluster: Cluster) -> None:

@@ -52,7 +52,6 @@ REPLICA_ENV = {
     "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1",
 }
 ROUTER_IMPORT_PATH = "retouch.cluster.routing:FreeReplicaFirstRouter"  # imported by Serve, not here
-WIRE_PICKLE = "pickle"  # Serve's name for standard pickling of a gRPC call (``front_handle``)
 # Placement and scaling go in the deployment options (in-place updates); everything else of a
 # model is the engine's own configuration and goes in ``args`` (a change rolls the replicas).
 _PLACEMENT_FIELDS = {
@@ -181,13 +180,7 @@ def front_handle(model: ModelSettings, settings: Settings, *, router_on_this_loo
     channel to each replica (``_by_reference=False``, Serve's own option for it) or Ray actor
     calls. Its router runs on the calling event loop (see ``REPLICA_ENV``), so call this in the
     loop that will use the handle; ``router_on_this_loop=False`` keeps Serve's default, a
-    router thread shared by the process (``bench/serve_rtt.py`` compares the two).
-
-    Over gRPC the arguments and results travel as standard pickles instead of Serve's default,
-    cloudpickle: a job and its output are plain data (arrays, dataclasses and errors of importable
-    modules), which the C pickler writes without cloudpickle's per-object Python hook."""
+    router thread shared by the process (``bench/serve_rtt.py`` compares the two)."""
     fresh = handle(model)
     fresh._init(_run_router_in_separate_loop=not router_on_this_loop)
-    if settings.cluster.transport == "actor":
-        return fresh.options(_by_reference=True)
-    return fresh.options(_by_reference=False, request_serialization=WIRE_PICKLE, response_serialization=WIRE_PICKLE)
+    return fresh.options(_by_reference=settings.cluster.transport == "actor")
