@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tests.processes import free_ports, stop, wait_until
 
@@ -78,6 +79,11 @@ class RayNode:
         return [p for p in (self.root / "tmp").rglob("*") if p.is_file() and p.suffix in (".log", ".err", ".out")]
 
 
+class NodeStartTimedOut(RuntimeError):
+    """``ray start`` gave up waiting for its raylet to register (a fixed 30 s inside Ray),
+    which a busy 2-core host can exceed; a fresh node, on fresh ports, is then tried once."""
+
+
 class RayCluster:
     def __init__(self, root: Path, pythonpath: str) -> None:
         self.root = root
@@ -88,19 +94,42 @@ class RayCluster:
         self.worker = RayNode(root, "node2", self.env)
 
     def start(self, *, head_resources: dict[str, float], worker_resources: dict[str, float] | None) -> None:
+        self._retrying(self._start_head, head_resources)
+        if worker_resources is not None:
+            self._retrying(self._start_worker, worker_resources)
+
+    def _retrying(self, start: Any, resources: dict[str, float]) -> None:
+        try:
+            start(resources, fresh=False)
+        except NodeStartTimedOut as exc:
+            print(f"{exc}; starting it again", file=sys.stderr)
+            start(resources, fresh=True)
+
+    def _start_head(self, resources: dict[str, float], *, fresh: bool) -> None:
+        if fresh:
+            self.head.stop()
+            self.head.remove()
+            self.head = RayNode(self.root, "head", self.env)
+            (self.gcs_port,) = free_ports(1)
+            self.address = f"127.0.0.1:{self.gcs_port}"
         (client_port,) = free_ports(1)
         self.head.start(
             ["--head", "--port", str(self.gcs_port), "--include-dashboard", "false",
              "--ray-client-server-port", str(client_port), "--node-ip-address", "127.0.0.1"],
-            cpus=2, resources=head_resources, workers=20000,
+            cpus=2, resources=resources, workers=20000,
         )  # fmt: skip
         # ``ray start --block`` prints this once the node runs; polling ``ray status`` instead
         # costs a Python start-up per poll on a busy 2-core machine.
         self._wait(self.head, "the Ray head")
-        if worker_resources is not None:
-            self.worker.start(["--address", self.address, "--node-ip-address", "127.0.0.1"],
-                              cpus=1, resources=worker_resources, workers=21000)  # fmt: skip
-            self._wait(self.worker, "the second Ray node")
+
+    def _start_worker(self, resources: dict[str, float], *, fresh: bool) -> None:
+        if fresh:
+            self.worker.stop()
+            self.worker.remove()
+            self.worker = RayNode(self.root, "node2", self.env)
+        self.worker.start(["--address", self.address, "--node-ip-address", "127.0.0.1"],
+                          cpus=1, resources=resources, workers=21000)  # fmt: skip
+        self._wait(self.worker, "the second Ray node")
 
     def _wait(self, node: RayNode, what: str) -> None:
         try:
@@ -108,7 +137,10 @@ class RayCluster:
         except TimeoutError as exc:
             raise RuntimeError(f"{exc}; its log ends:\n{node.log_tail()}") from None
         if node.proc is None or node.proc.poll() is not None:
-            raise RuntimeError(f"ray start for {what} exited; its log ends:\n{node.log_tail()}")
+            tail = node.log_tail()
+            if "timed out during startup" in tail:
+                raise NodeStartTimedOut(f"ray start for {what} timed out during start-up")
+            raise RuntimeError(f"ray start for {what} exited; its log ends:\n{tail}")
 
     def stop(self) -> None:
         # The joining node first, so it does not spend its time reconnecting to a dead head.
