@@ -11,6 +11,8 @@ drift lands on all of them alike:
 * ``serve-default``: the same gRPC channel with Serve's default threads (a router thread in
   the caller, a user-code thread in the replica), on a second application;
 * ``actor``: ``cluster.transport = "actor"`` (Ray actor calls), otherwise as ``retouch``;
+* ``retouch describe after 200 ms idle``: the first call, each time after the whole path has
+  been idle as long as a 200 ms engine keeps it (what ``bench/cluster.py``'s jobs meet);
 * ``grpc-raw``: the transport alone, no Serve: a gRPC (asyncio) server in a child process
   answering the same calls' shapes with the same bytes (``describe``: one reply; ``stream``:
   the pickled job in, two replies out), so the difference is what Serve's request path costs.
@@ -64,6 +66,7 @@ options = {{ delay_s = 0, steps = 1 }}
     return f'data_dir = "{data_dir}"\nlog_level = "warning"\n[cluster]\nbackend = "ray"\naddress = "{address}"\n{models}'
 
 
+IDLE_S = 0.2
 _RAW = "/retouch.bench.Raw/"  # the bare gRPC service: bytes in, bytes out, no Serve
 
 
@@ -149,6 +152,8 @@ async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, lis
 
     variants = {f"{name:13} {call:8}": fn for name, h in handles.items() for call, fn in calls(h).items()}
     variants.update({f"{'grpc-raw':13} {call:8}": fn for call, fn in raw_calls(raw_port, job).items()})
+    # The same call after the whole path has been idle as long as a 200 ms engine keeps it.
+    variants[f"{'retouch':13} {'describe':8} after {IDLE_S * 1000:.0f} ms idle"] = variants[f"{'retouch':13} {'describe':8}"]
     for fn in variants.values():
         for _ in range(20):  # warm-up: routers, replicas, connections
             await fn()
@@ -156,6 +161,8 @@ async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, lis
     for _ in range(blocks):
         for key, fn in variants.items():
             for _ in range(5):
+                if "idle" in key:
+                    await asyncio.sleep(IDLE_S)
                 started = time.perf_counter()
                 await fn()
                 times[key].append((time.perf_counter() - started) * 1000)
