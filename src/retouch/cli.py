@@ -80,8 +80,8 @@ def freeze_collector() -> None:
     """What is loaded once the server has started (modules, engines, a front's Ray client)
     lives as long as the process: frozen, it is left out of the collector's full passes, which
     otherwise walk it all and stall every request in flight. On this project's 2-core host a
-    full pass took about 160 ms with the built-in engines, 300 ms with Ray Serve loaded and
-    450 ms with torch and diffusers (``bench/gc_pause.py``; README, saturation)."""
+    full pass took 170-190 ms with the built-in engines, about 240 ms with Ray Serve loaded
+    and 330-430 ms with torch and diffusers (``bench/gc_pause.py``; README, saturation)."""
     gc.collect()
     gc.freeze()
 

@@ -43,8 +43,9 @@ GRPC_MAX_MESSAGE = 2**31 - 1  # gRPC's own ceiling
 # and off). Serve's own log lines go to the replica's log files only: through stderr, Ray's log
 # monitor would also read each one and publish it to the GCS for drivers that never print it.
 # Once the engine has loaded, Serve freezes the garbage collector's view of what is there
-# (``gc.freeze``): a loaded pipeline is millions of long-lived objects that each full
-# collection would otherwise walk again, in the middle of a request.
+# (``gc.freeze``): with torch and diffusers imported that is some 450,000 long-lived objects,
+# which each full collection would otherwise walk again (a third of a second or more on a
+# 2-core host, ``bench/gc_pause.py``), in the middle of a request.
 REPLICA_ENV = {
     GRPC_LIMIT_VAR: str(GRPC_MAX_MESSAGE),
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
