@@ -24,6 +24,7 @@ from retouch.storage.s3 import S3BlobStore
 from retouch.storage.signing import UrlSigner
 from tests.conftest import echo_models
 from tests.seaweed import SeaweedS3
+from tests.signing_child import start_signer
 from tests.test_contract_edits import png_file, rgba_with_hole
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"0" * 32
@@ -262,12 +263,6 @@ def test_generated_key_is_kept_private(tmp_path: Path) -> None:
     assert (tmp_path / "signing.key").stat().st_mode & 0o077 == 0
 
 
-def _start_signer(data_dir: str, start: object, out: object) -> None:
-    start.wait()  # type: ignore[attr-defined]
-    signer = UrlSigner.from_settings([], Path(data_dir))
-    out.put(signer.sign("k", 1))  # type: ignore[attr-defined]
-
-
 def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
     """Eight processes create the key at the same moment: all end up signing with one key,
     and no temporary file is left behind."""
@@ -276,7 +271,7 @@ def test_processes_starting_together_agree_on_one_key(tmp_path: Path) -> None:
         data_dir = tmp_path / f"data{attempt}"
         start, out = ctx.Event(), ctx.Queue()
         procs = [
-            ctx.Process(target=_start_signer, args=(str(data_dir), start, out)) for _ in range(8)
+            ctx.Process(target=start_signer, args=(str(data_dir), start, out)) for _ in range(8)
         ]
         for proc in procs:
             proc.start()
