@@ -3,7 +3,7 @@ way a front calls, one at a time, on a single-node cluster (own temp dir and por
 
 Two calls: ``describe``, a method that does nothing (Serve alone: router, transport, replica,
 reply), and ``stream`` of a small plain job on an engine that takes no time (what a front's
-job costs besides the engine). Three set-ups, interleaved in short blocks so that the host's
+job costs besides the engine). These set-ups, interleaved in short blocks so that the host's
 drift lands on all of them alike:
 
 * ``retouch``: what a front uses (``deploy.front_handle``, replicas with ``deploy.REPLICA_ENV``):
@@ -153,7 +153,8 @@ async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, lis
     variants = {f"{name:13} {call:8}": fn for name, h in handles.items() for call, fn in calls(h).items()}
     variants.update({f"{'grpc-raw':13} {call:8}": fn for call, fn in raw_calls(raw_port, job).items()})
     # The same call after the whole path has been idle as long as a 200 ms engine keeps it.
-    variants[f"{'retouch':13} {'describe':8} after {IDLE_S * 1000:.0f} ms idle"] = variants[f"{'retouch':13} {'describe':8}"]
+    after_idle = f"{'retouch':13} {'describe':8} after {IDLE_S * 1000:.0f} ms idle"
+    variants[after_idle] = variants[f"{'retouch':13} {'describe':8}"]
     for fn in variants.values():
         for _ in range(20):  # warm-up: routers, replicas, connections
             await fn()
@@ -161,7 +162,7 @@ async def timed(settings: Settings, blocks: int, raw_port: int) -> dict[str, lis
     for _ in range(blocks):
         for key, fn in variants.items():
             for _ in range(5):
-                if "idle" in key:
+                if key == after_idle:
                     await asyncio.sleep(IDLE_S)
                 started = time.perf_counter()
                 await fn()

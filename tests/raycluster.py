@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tests.processes import free_ports, stop, wait_until
 
@@ -98,7 +98,7 @@ class RayCluster:
         if worker_resources is not None:
             self._retrying(self._start_worker, worker_resources)
 
-    def _retrying(self, start: Any, resources: dict[str, float]) -> None:
+    def _retrying(self, start: Callable[..., None], resources: dict[str, float]) -> None:
         try:
             start(resources, fresh=False)
         except NodeStartTimedOut as exc:
